@@ -1,0 +1,155 @@
+"""Thin typed wrappers over the Linux system calls the stdlib lacks.
+
+Everything here is loaded through ``ctypes.PyDLL``: it keeps the GIL held
+across the foreign call.  That matters for ``clone3``: with ``CDLL`` another
+thread could take the GIL during the syscall and the child would inherit a GIL
+owned by a thread that does not exist in it (see research PYTHON-TECH.md §3).
+The fork helper is single-threaded, but the rule costs nothing and keeps the
+wrappers safe to call from anywhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import signal
+
+_libc = ctypes.PyDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+# clone flags (include/uapi/linux/sched.h)
+CLONE_NEWTIME = 0x00000080
+CLONE_PIDFD = 0x00001000
+CLONE_PARENT = 0x00008000
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_INTO_CGROUP = 0x200000000
+
+# mount flags (include/uapi/linux/mount.h)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
+
+SYS_CLONE3 = 435  # the same number on every architecture (the unified table)
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+
+class _CloneArgs(ctypes.Structure):
+    # struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes, Linux 5.7+ for .cgroup)
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def clone3(flags: int, *, cgroup_fd: int | None = None, parent: bool = False) -> tuple[int, int]:
+    """Fork-like clone3 with CLONE_PIDFD.  Returns (pid, pidfd); (0, -1) in the child.
+
+    With ``parent=True`` the child becomes a child of the caller's parent
+    (CLONE_PARENT); clone3 then demands ``exit_signal == 0`` (EINVAL otherwise)
+    and the child inherits the caller's own exit signal, SIGCHLD.
+    """
+    pidfd = ctypes.c_int(-1)
+    args = _CloneArgs()
+    args.flags = flags | CLONE_PIDFD | (CLONE_PARENT if parent else 0)
+    args.pidfd = ctypes.addressof(pidfd)
+    args.exit_signal = 0 if parent else signal.SIGCHLD
+    if cgroup_fd is not None:
+        args.flags |= CLONE_INTO_CGROUP
+        args.cgroup = cgroup_fd
+    ret = _libc.syscall(
+        ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
+    _check(ret, "clone3")
+    return ret, (pidfd.value if ret else -1)
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    ret = _libc.mount(
+        source.encode() if source is not None else None,
+        target.encode(),
+        fstype.encode() if fstype is not None else None,
+        flags,
+        data.encode() if data is not None else None,
+    )
+    _check(ret, f"mount {fstype or source or ''} on {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"pivot_root: unsupported architecture {platform.machine()}")
+    ret = _libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode())
+    _check(ret, "pivot_root")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_process_name(name: str) -> None:
+    """The name ``ps`` shows for this process (15 bytes at most)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")

@@ -1,0 +1,3 @@
+from vortex.helper.server import main
+
+main()

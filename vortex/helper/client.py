@@ -1,0 +1,89 @@
+"""The Runtime's side of the fork helper."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+
+import anyio
+
+from vortex.errors import HelperError
+from vortex.helper.plan import SpawnRequest
+from vortex.helper.server import MAX_REQUEST, serve
+
+
+class ForkHelper:
+    """A running fork helper process and the socket to it."""
+
+    def __init__(self, sock: socket.socket, pid: int, popen: subprocess.Popen[bytes] | None) -> None:
+        self._sock = sock
+        self.pid = pid
+        self._popen = popen
+        self._lock = anyio.Lock()
+        self._closed = False
+
+    @classmethod
+    def start(cls) -> ForkHelper:
+        """Start the helper: forked when this process is still single-threaded (cheap,
+        about a millisecond), exec'd as ``python -m vortex.helper`` otherwise (safe from
+        a threaded process, since subprocess's fork+exec runs no Python in between)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        if threading.active_count() == 1:
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                serve(theirs)  # never returns
+            theirs.close()
+            return cls(ours, pid, None)
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "vortex.helper", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        return cls(ours, popen.pid, popen)
+
+    async def spawn(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
+        """Ask for one clone; returns ``(pid, pidfd)``.  The fds are only lent."""
+        payload = pickle.dumps(request)
+        if len(payload) > MAX_REQUEST:
+            raise HelperError(f"container spec too large ({len(payload)} bytes)")
+        async with self._lock:
+            if self._closed:
+                raise HelperError("the fork helper is closed")
+            try:
+                socket.send_fds(self._sock, [payload], fds)
+                await anyio.wait_readable(self._sock)
+                message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+            except OSError as exc:
+                raise HelperError(f"fork helper unreachable: {exc}") from exc
+        if not message:
+            for fd in received:
+                os.close(fd)
+            raise HelperError("the fork helper exited unexpectedly; see its output above")
+        reply = pickle.loads(message)
+        if reply[0] == "error":
+            raise HelperError(f"clone failed: {reply[2]}")
+        if len(received) != 1:
+            raise HelperError("the fork helper answered without a pidfd")
+        return int(reply[1]), received[0]
+
+    def close(self) -> None:
+        """Close the socket (the helper exits on EOF) and reap the helper."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close()
+        try:
+            if self._popen is not None:
+                self._popen.wait(timeout=5)
+            else:
+                os.waitpid(self.pid, 0)
+        except (ChildProcessError, subprocess.TimeoutExpired):
+            pass

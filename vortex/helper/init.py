@@ -1,0 +1,356 @@
+"""The container init: what a freshly cloned child does before ``execve``.
+
+This code runs in a fork of the single-threaded fork helper, inside the new
+namespaces, as PID 1 of the container.  It must never return into the
+helper's loop: every path ends in ``execve`` or ``os._exit``.  Failures are
+reported to the Runtime over the close-on-exec error pipe (an exec that
+succeeds closes the pipe, which the Runtime reads as "started").
+
+Order matters and is the contract with the Runtime:
+
+1. parent-death signal, so the container dies with the Runtime;
+2. block on the sync pipe until the Runtime has placed us in our cgroup and
+   run ``post_cgroup`` hooks (EOF instead of a byte means "abort");
+3. mounts: private propagation, rootfs bind, /proc, /sys (read-only), /dev,
+   then the plan's operations (pre_pivot hooks);
+4. ``pivot_root``, old root detached; hostname; terminal; user; workdir;
+5. ``execve``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import stat
+import struct
+from collections.abc import Sequence
+
+from vortex import _linux as L
+from vortex import ops
+from vortex.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME_ERROR
+from vortex.helper.plan import InitPlan
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_TIOCSCTTY = 0x540E
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+
+# Device nodes of a minimal /dev, as runc and crun create them: (name, major, minor).
+_DEVICES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+_DEV_SYMLINKS = (
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("/proc/kcore", "core"),
+    ("pts/ptmx", "ptmx"),
+)
+
+
+class InitFailure(Exception):
+    """A step failed; ``exit_status`` follows the 125/126/127 convention."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_RUNTIME_ERROR) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def encode_failure(kind: str, exit_status: int, message: str) -> bytes:
+    """The error pipe's one message: ``kind NUL status NUL message``."""
+    return f"{kind}\0{exit_status}\0{message}".encode(errors="replace")
+
+
+def decode_failure(data: bytes) -> tuple[str, int, str]:
+    kind, status, message = data.decode(errors="replace").split("\0", 2)
+    return kind, int(status), message
+
+
+def run_init(plan: InitPlan, fds: dict[str, int]) -> None:
+    """Entry point in the cloned child.  Never returns."""
+    error_fd = fds["errors"]
+    try:
+        _run(plan, fds)
+    except InitFailure as failure:
+        kind = "exec" if failure.exit_status in (EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE) else "setup"
+        _report(error_fd, encode_failure(kind, failure.exit_status, str(failure)))
+        os._exit(failure.exit_status)
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape into the helper
+        _report(error_fd, encode_failure("setup", EXIT_RUNTIME_ERROR, f"container init: {exc}"))
+        os._exit(EXIT_RUNTIME_ERROR)
+    os._exit(EXIT_RUNTIME_ERROR)  # _run only returns by exec
+
+
+def _report(fd: int, message: bytes) -> None:
+    try:
+        os.write(fd, message)
+    except OSError:
+        pass
+
+
+def _run(plan: InitPlan, fds: dict[str, int]) -> None:
+    L.set_parent_death_signal(signal.SIGKILL)
+    # The helper ignores SIGINT; an exec'd command must start with default dispositions.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+    if os.read(fds["sync"], 1) != b"\x01":
+        # The Runtime went away or aborted the start (a post_cgroup hook failed).
+        os._exit(EXIT_RUNTIME_ERROR)
+    os.close(fds["sync"])
+    # Now that the Runtime has placed us in our cgroup, make it the root of a new
+    # cgroup namespace (at clone time we were still in the Runtime's cgroup on v1).
+    _step(lambda: L.unshare(L.CLONE_NEWCGROUP), "unshare cgroup namespace")
+    # A new session: the container never shares the caller's terminal process group,
+    # so a Ctrl-C on that terminal reaches it once, through the Runtime's forwarding.
+    os.setsid()
+
+    rootfs = os.path.realpath(plan.rootfs)
+    _setup_mounts(rootfs, plan.ops)
+    _step(lambda: os.chdir(rootfs), "chdir to rootfs")
+    # new_root == put_old: the old root ends up stacked under "/" and is detached right
+    # away, so no directory for it has to exist (or be removed) in the rootfs.
+    _step(lambda: L.pivot_root(".", "."), "pivot_root")
+    _step(lambda: L.umount2(".", L.MNT_DETACH), "detach old root")
+    os.chdir("/")
+    _step(lambda: socket.sethostname(plan.hostname), f"sethostname {plan.hostname}")
+
+    _setup_stdio(plan, fds)
+    if plan.gid or plan.uid:
+        _step(lambda: os.setgroups([]), "setgroups")
+        _step(lambda: os.setgid(plan.gid), f"setgid {plan.gid}")
+        _step(lambda: os.setuid(plan.uid), f"setuid {plan.uid}")
+        # A credential change clears the parent-death signal; set it again.
+        L.set_parent_death_signal(signal.SIGKILL)
+    try:
+        os.chdir(plan.workdir)
+    except OSError as exc:
+        raise InitFailure(f"workdir {plan.workdir}: {_strerror(exc)}") from None
+    _close_other_fds(fds["errors"])
+    _exec(plan.argv, dict(plan.env))
+
+
+def _step(action: object, what: str) -> None:
+    try:
+        action()  # type: ignore[operator]
+    except OSError as exc:
+        raise InitFailure(f"{what}: {_strerror(exc)}") from None
+
+
+def _strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def _inside(rootfs: str, path: str) -> str:
+    """Host path of a container path, resolving symlinks *within* the rootfs.
+
+    Plans come from the Runtime, but the rootfs is the user's: a symlink in it
+    (say /etc -> /host/etc) must not make a bind or a write land outside it.
+    """
+    current = rootfs
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = os.path.dirname(current) if current != rootfs else rootfs
+            continue
+        candidate = os.path.join(current, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise InitFailure(f"{path}: too many levels of symbolic links")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                current = rootfs
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            continue
+        current = candidate
+    return current
+
+
+def _ensure_dir(path: str, mode: int = 0o755) -> None:
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+    except OSError as exc:
+        raise InitFailure(f"create mount point {path}: {_strerror(exc)}") from None
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    try:
+        L.mount(source, target, fstype, flags, data)
+    except OSError as exc:
+        raise InitFailure(str(exc).lower() if not exc.errno else f"mount {fstype or source} on {target}: {_strerror(exc)}") from None
+
+
+def _setup_mounts(rootfs: str, plan_ops: Sequence[ops.SetupOp]) -> None:
+    # Nothing we mount may propagate back to the host's mount namespace.
+    _mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
+    # pivot_root needs the new root to be a mount point.
+    _mount(rootfs, rootfs, None, L.MS_BIND | L.MS_REC)
+
+    proc = os.path.join(rootfs, "proc")
+    _ensure_dir(proc)
+    _mount("proc", proc, "proc", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV)
+
+    sys_dir = os.path.join(rootfs, "sys")
+    _ensure_dir(sys_dir)
+    _mount("sysfs", sys_dir, "sysfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV)
+
+    _setup_dev(os.path.join(rootfs, "dev"))
+
+    for op in plan_ops:
+        _apply(rootfs, op)
+
+
+def _setup_dev(dev: str) -> None:
+    _ensure_dir(dev)
+    _mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, "mode=755,size=65536k")
+    old_umask = os.umask(0)
+    try:
+        for name, major, minor in _DEVICES:
+            try:
+                os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            except OSError as exc:
+                raise InitFailure(f"mknod /dev/{name}: {_strerror(exc)}") from None
+        for sub in ("pts", "shm", "mqueue"):
+            os.mkdir(os.path.join(dev, sub), 0o755)
+    finally:
+        os.umask(old_umask)
+    _mount(
+        "devpts",
+        os.path.join(dev, "pts"),
+        "devpts",
+        L.MS_NOSUID | L.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
+    _mount(
+        "shm",
+        os.path.join(dev, "shm"),
+        "tmpfs",
+        L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )
+    _mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+    for target, name in _DEV_SYMLINKS:
+        os.symlink(target, os.path.join(dev, name))
+
+
+def _apply(rootfs: str, op: ops.SetupOp) -> None:
+    match op:
+        case ops.BindMount(source=source, target=target, readonly=readonly, recursive=recursive):
+            path = _inside(rootfs, target)
+            if os.path.isdir(source):
+                _ensure_dir(path)
+            elif not os.path.exists(path):
+                _ensure_dir(os.path.dirname(path))
+                with open(path, "a"):
+                    pass
+            flags = L.MS_BIND | (L.MS_REC if recursive else 0)
+            _mount(source, path, None, flags)
+            if readonly:
+                _mount(None, path, None, flags | L.MS_REMOUNT | L.MS_RDONLY)
+        case ops.MountFilesystem(fstype=fstype, target=target, options=options, flags=flags):
+            path = _inside(rootfs, target)
+            _ensure_dir(path)
+            _mount(fstype, path, fstype, flags, options)
+        case ops.WriteFile(path=path, content=content, mode=mode):
+            host_path = _inside(rootfs, path)
+            _ensure_dir(os.path.dirname(host_path))
+            try:
+                fd = os.open(host_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+                try:
+                    os.write(fd, content)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise InitFailure(f"write {path}: {_strerror(exc)}") from None
+        case ops.MakeDirectory(path=path, mode=mode):
+            _ensure_dir(_inside(rootfs, path), mode)
+        case ops.Symlink(target=target, path=path):
+            try:
+                os.symlink(target, _inside(rootfs, path))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise InitFailure(f"symlink {path}: {_strerror(exc)}") from None
+        case ops.LoopbackUp():
+            _loopback_up()
+        case _:
+            raise InitFailure(f"unknown setup operation {op!r}")
+
+
+def _loopback_up() -> None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sh", b"lo", 0)
+            flags = struct.unpack("16sh", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
+    except OSError as exc:
+        raise InitFailure(f"bring up lo: {_strerror(exc)}") from None
+
+
+def _setup_stdio(plan: InitPlan, fds: dict[str, int]) -> None:
+    if plan.tty:
+        # A terminal of the container's own devpts instance, as runc does: the master
+        # goes back to the Runtime over the console socket, the slave becomes our
+        # controlling terminal and stdio.
+        try:
+            master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+            number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
+            slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+            fcntl.ioctl(slave, _TIOCSCTTY, 0)
+            with socket.socket(fileno=fds["console"]) as console:
+                socket.send_fds(console, [b"pty"], [master])
+            os.close(master)
+        except OSError as exc:
+            raise InitFailure(f"allocate a terminal: {_strerror(exc)}") from None
+        sources = [slave, slave, slave]
+    else:
+        sources = [fds["stdin"], fds["stdout"], fds["stderr"]]
+    # dup2 clears FD_CLOEXEC on the new descriptor, which is what exec needs.
+    for target, source in enumerate(sources):
+        if source != target:
+            os.dup2(source, target)
+
+
+def _close_other_fds(keep: int) -> None:
+    # Only 0, 1, 2 reach the command; the error pipe closes itself at exec.
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+
+
+def _exec(argv: Sequence[str], env: dict[str, str]) -> None:
+    program = argv[0]
+    if "/" in program:
+        candidates = [program]
+    else:
+        search = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        candidates = [os.path.join(d or ".", program) for d in search.split(":")]
+    denied: OSError | None = None
+    for path in candidates:
+        try:
+            os.execve(path, list(argv), env)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            if exc.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR):
+                denied = exc
+                continue
+            raise InitFailure(f"exec {program}: {_strerror(exc)}", EXIT_NOT_EXECUTABLE) from None
+    if denied is not None:
+        raise InitFailure(f"exec {program}: {_strerror(denied)}", EXIT_NOT_EXECUTABLE)
+    raise InitFailure(f"exec {program}: no such file or directory", EXIT_NOT_FOUND)

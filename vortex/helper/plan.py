@@ -1,0 +1,39 @@
+"""The message the Runtime sends the fork helper for one container.
+
+It crosses a process boundary (pickled over a SOCK_SEQPACKET socket, with the
+file descriptors alongside as SCM_RIGHTS), so it is plain data.  The fds are
+not in the plan: they travel in a fixed order, see :data:`FD_ORDER`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vortex.ops import SetupOp
+
+FD_ORDER = ("sync", "errors", "stdin", "stdout", "stderr")
+"""Order of the fds sent with every request; optional ones (console, cgroup) follow."""
+
+
+@dataclass(frozen=True)
+class InitPlan:
+    """What the container init does between clone and execve."""
+
+    rootfs: str
+    argv: Sequence[str]
+    env: Sequence[tuple[str, str]]
+    workdir: str
+    uid: int
+    gid: int
+    hostname: str
+    tty: bool
+    ops: Sequence[SetupOp] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    plan: InitPlan
+    clone_flags: int
+    has_console_socket: bool
+    has_cgroup_fd: bool

@@ -1,0 +1,97 @@
+"""The fork helper: a privileged, single-threaded process that only clones.
+
+Why it exists: ``fork()``/``clone()`` in a process that runs threads (anyio
+worker threads, pyroute2, structlog handlers, plugins) can hand the child a
+lock held by a thread that does not exist there.  The helper is forked (or
+exec'd) before any of that, never starts a thread and never imports plugins,
+so every container init starts from a clean, single-threaded image.
+
+Protocol (one SOCK_SEQPACKET socket to the Runtime): each request is a pickled
+:class:`~vortex.helper.plan.SpawnRequest` with its fds as SCM_RIGHTS; the
+reply is ``("ok", pid)`` with the pidfd attached, or ``("error", errno, text)``.
+The child is cloned with CLONE_PARENT, so it is the *Runtime's* child and the
+Runtime reaps it with ``waitid(P_PIDFD)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+
+from vortex import _linux as L
+from vortex.helper.init import run_init
+from vortex.helper.plan import FD_ORDER, SpawnRequest
+
+MAX_REQUEST = 1 << 20
+MAX_FDS = 16
+
+
+def serve(sock: socket.socket) -> None:
+    """Answer spawn requests until the Runtime closes its end.  Never returns."""
+    status = 0
+    try:
+        _prepare_process()
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS)
+            except InterruptedError:
+                continue
+            if not message:
+                break  # the Runtime closed the socket: we are done
+            _handle(sock, pickle.loads(message), fds)
+    except BaseException:  # noqa: BLE001 - a forked helper must never unwind into its parent's code
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _prepare_process() -> None:
+    L.set_process_name("vortex-helper")
+    # Ctrl-C on the terminal reaches the whole process group; the Runtime decides
+    # what a SIGINT means, the helper must simply survive it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        signal.set_wakeup_fd(-1)  # an inherited event-loop wakeup fd is not ours
+    except ValueError:
+        pass
+    L.set_parent_death_signal(signal.SIGKILL)
+
+
+def _handle(sock: socket.socket, request: SpawnRequest, fds: list[int]) -> None:
+    named = dict(zip(FD_ORDER, fds, strict=False))
+    extra = fds[len(FD_ORDER) :]
+    if request.has_console_socket:
+        named["console"] = extra.pop(0)
+    cgroup_fd = extra.pop(0) if request.has_cgroup_fd else None
+    try:
+        pid, pidfd = L.clone3(request.clone_flags, cgroup_fd=cgroup_fd, parent=True)
+    except OSError as exc:
+        reply = pickle.dumps(("error", exc.errno or 0, str(exc)))
+        sock.send(reply)
+        _close(fds)
+        return
+    if pid == 0:
+        sock.close()
+        run_init(request.plan, named)  # never returns
+    try:
+        socket.send_fds(sock, [pickle.dumps(("ok", pid))], [pidfd])
+    finally:
+        os.close(pidfd)
+        _close(fds)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def main() -> None:
+    """``python -m vortex.helper FD``: the exec'd variant, for threaded callers."""
+    serve(socket.socket(fileno=int(sys.argv[1])))

@@ -1,0 +1,271 @@
+"""The plumbing of one container start: pipes, sockets, output tasks.
+
+A :class:`Launch` owns every file descriptor it opens and closes each one on
+every path (success, failed exec, failed hook, cancellation): the leak checks
+in the tests count on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+
+import anyio
+import anyio.abc
+
+from vortex import _linux as L
+from vortex.container import Container
+from vortex.errors import ContainerSetupError, ExecError, HelperError
+from vortex.helper.client import ForkHelper
+from vortex.helper.init import decode_failure
+from vortex.helper.plan import InitPlan, SpawnRequest
+from vortex.ops import SetupOp
+from vortex.spec import Stdio
+from vortex.streams import FdReceiveStream, FdSendStream, read_all
+from vortex.terminal import relay, window_size
+
+NAMESPACE_FLAGS = (
+    L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWNET | L.CLONE_NEWIPC
+)
+"""Namespaces created at clone.  The cgroup namespace is unshared by the init
+once it is in its cgroup, so that its own cgroup is its root on v1 as well."""
+
+OUTPUT_DRAIN_TIMEOUT = 5.0
+"""How long to wait for output pipes to reach EOF once the init is reaped."""
+
+
+class Launch:
+    def __init__(self, container: Container, helper: ForkHelper) -> None:
+        self.container = container
+        self.helper = helper
+        self.pid = 0
+        self.cloned_at = 0.0
+        self.cloned_into_cgroup = False
+        self.error: str | None = None
+        self._sync_w: int | None = None
+        self._errors_r: int | None = None
+        self._console: socket.socket | None = None
+        self._child_ends: list[int] = []
+        self._captures: dict[str, FdReceiveStream] = {}
+        self._captured: dict[str, bytes] = {}
+        self._stdin_feed: tuple[FdSendStream, bytes] | None = None
+        self._output_done = anyio.Event()
+        self._pending_outputs = 0
+
+    # ------------------------------------------------------------------ clone
+
+    async def clone(self, plan_ops: list[SetupOp]) -> None:
+        container, spec = self.container, self.container.spec
+        sync_r, self._sync_w = os.pipe2(os.O_CLOEXEC)
+        self._child_ends.append(sync_r)
+        self._errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+        self._child_ends.append(errors_w)
+        console_child = -1
+        if spec.tty:
+            stdio = [self._devnull(os.O_RDWR)] * 3
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._console = ours
+            console_child = theirs.detach()
+            self._child_ends.append(console_child)
+        else:
+            stdio = [self._stdin_fd(), self._output_fd("stdout", 1), self._output_fd("stderr", 2)]
+        cgroup_fd = container.cgroup.clone_fd() if container.cgroup is not None else None
+        if cgroup_fd is not None:
+            self._child_ends.append(cgroup_fd)
+            self.cloned_into_cgroup = True
+        plan = InitPlan(
+            rootfs=str(spec.rootfs),
+            argv=tuple(spec.command),
+            env=tuple(spec.env.items()),
+            workdir=spec.workdir,
+            uid=spec.user.uid,
+            gid=spec.user.gid,
+            hostname=container.hostname,
+            tty=spec.tty,
+            ops=tuple(plan_ops),
+        )
+        request = SpawnRequest(
+            plan=plan,
+            clone_flags=NAMESPACE_FLAGS,
+            has_console_socket=self._console is not None,
+            has_cgroup_fd=cgroup_fd is not None,
+        )
+        fds = [sync_r, errors_w, *stdio]
+        if self._console is not None:
+            fds.append(console_child)
+        if cgroup_fd is not None:
+            fds.append(cgroup_fd)
+        try:
+            self.pid, pidfd = await self.helper.spawn(request, fds)
+        finally:
+            self._close_child_ends()
+        self.cloned_at = time.monotonic()
+        container.pid, container.pidfd = self.pid, pidfd
+        container.state = "created"
+
+    def _devnull(self, flags: int) -> int:
+        fd = os.open(os.devnull, flags | os.O_CLOEXEC)
+        self._child_ends.append(fd)
+        return fd
+
+    def _inherited(self, fd: int, flags: int) -> int:
+        try:
+            os.fstat(fd)
+        except OSError:  # the caller runs with this fd closed (e.g. CI without stdin)
+            return self._devnull(flags)
+        return fd
+
+    def _stdin_fd(self) -> int:
+        mode = self.container.spec.stdin
+        if mode is Stdio.INHERIT:
+            return self._inherited(0, os.O_RDONLY)
+        if mode is Stdio.NULL:
+            return self._devnull(os.O_RDONLY)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._child_ends.append(read_end)
+        if isinstance(mode, bytes):
+            self._stdin_feed = (FdSendStream(write_end), mode)
+        else:  # STREAM (CAPTURE makes no sense for stdin and is treated alike)
+            self.container.stdin = FdSendStream(write_end)
+        return read_end
+
+    def _output_fd(self, name: str, inherited: int) -> int:
+        mode: Stdio = getattr(self.container.spec, name)
+        if mode is Stdio.INHERIT:
+            return self._inherited(inherited, os.O_WRONLY)
+        if mode is Stdio.NULL:
+            return self._devnull(os.O_WRONLY)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._child_ends.append(write_end)
+        if mode is Stdio.CAPTURE:
+            self._captures[name] = FdReceiveStream(read_end)
+        else:
+            setattr(self.container, name, FdReceiveStream(read_end))
+        return write_end
+
+    def _close_child_ends(self) -> None:
+        for fd in self._child_ends:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._child_ends.clear()
+
+    # ------------------------------------------------------------------ output
+
+    def start_output_tasks(self, task_group: anyio.abc.TaskGroup) -> None:
+        for name, stream in self._captures.items():
+            self._pending_outputs += 1
+            task_group.start_soon(self._capture, name, stream)
+        if self._stdin_feed is not None:
+            task_group.start_soon(self._feed_stdin)
+
+    async def _capture(self, name: str, stream: FdReceiveStream) -> None:
+        try:
+            self._captured[name] = self._captured.get(name, b"") + await read_all(stream)
+        finally:
+            await stream.aclose()
+            self._output_finished()
+
+    def _output_finished(self) -> None:
+        self._pending_outputs -= 1
+        if self._pending_outputs == 0:
+            self._output_done.set()
+
+    async def _feed_stdin(self) -> None:
+        assert self._stdin_feed is not None
+        stream, data = self._stdin_feed
+        try:
+            await stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the command exited without reading everything, as with a shell pipe
+        finally:
+            await stream.aclose()
+
+    async def collect_output(self) -> tuple[bytes | None, bytes | None]:
+        """Captured stdout and stderr, once the pipes reached EOF (bounded wait)."""
+        if self._pending_outputs:
+            with anyio.move_on_after(OUTPUT_DRAIN_TIMEOUT):
+                await self._output_done.wait()
+            for stream in self._captures.values():
+                await stream.aclose()  # a grandchild kept a pipe open: stop reading
+        spec = self.container.spec
+        stdout = self._captured.get("stdout", b"") if spec.stdout is Stdio.CAPTURE else None
+        stderr = self._captured.get("stderr", b"") if spec.stderr is Stdio.CAPTURE else None
+        return stdout, stderr
+
+    # ------------------------------------------------------------------ start
+
+    async def release_and_await_exec(self) -> None:
+        """One byte on the sync pipe; then the error pipe says how exec went."""
+        assert self._sync_w is not None and self._errors_r is not None
+        try:
+            os.write(self._sync_w, b"\x01")
+        except BrokenPipeError:
+            pass  # the init died already; its exit status will tell
+        os.close(self._sync_w)
+        self._sync_w = None
+        errors = FdReceiveStream(self._errors_r)
+        self._errors_r = None
+        try:
+            report = await read_all(errors)
+        finally:
+            await errors.aclose()
+        if report:
+            kind, status, message = decode_failure(report)
+            if kind == "exec":
+                raise ExecError(message, status)
+            raise ContainerSetupError(message)
+
+    async def attach_terminal(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Receive the pty master from the init and connect it as the spec says."""
+        assert self._console is not None
+        await anyio.wait_readable(self._console)
+        _msg, fds, _flags, _addr = socket.recv_fds(self._console, 16, 1)
+        self._console.close()
+        self._console = None
+        if not fds:
+            raise HelperError("the container did not send its terminal")
+        master = fds[0]
+        os.set_inheritable(master, False)
+        container, spec = self.container, self.container.spec
+        container.terminal_fd = master
+        size = window_size(1) or window_size(0)
+        if size:
+            container.resize(*size)
+        if spec.stdout is Stdio.CAPTURE:
+            self._pending_outputs += 1
+            task_group.start_soon(self._capture, "stdout", FdReceiveStream(os.dup(master)))
+        elif spec.stdout is Stdio.STREAM:
+            container.stdout = FdReceiveStream(os.dup(master))
+            container.stdin = FdSendStream(os.dup(master))
+        elif spec.stdout is Stdio.INHERIT:
+            self._pending_outputs += 1
+            task_group.start_soon(self._relay_terminal, master)
+
+    async def _relay_terminal(self, master: int) -> None:
+        try:
+            await relay(master, 0, 1)
+        finally:
+            self._output_finished()
+
+    # ------------------------------------------------------------------ clean-up
+
+    def abort(self) -> None:
+        """The start failed: an init still waiting on the sync pipe sees EOF and exits."""
+        if self._sync_w is not None:
+            os.close(self._sync_w)
+            self._sync_w = None
+
+    def close_all(self) -> None:
+        self.abort()
+        self._close_child_ends()
+        if self._errors_r is not None:
+            os.close(self._errors_r)
+            self._errors_r = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        if self.container.terminal_fd is not None:
+            os.close(self.container.terminal_fd)
+            self.container.terminal_fd = None

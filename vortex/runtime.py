@@ -1,0 +1,296 @@
+"""The Runtime: one anyio event loop's view of its containers.
+
+It owns the fork helper, the plugin manager and the cgroup backend, and one
+watcher task per container that awaits the container's pidfd, reaps it with
+``waitid(P_PIDFD)`` and runs the exit hooks.  No SIGCHLD handler, no polling
+and no thread per container.
+
+Starting a container, step by step (see also vortex/hookspecs.py):
+
+1. validate the spec, create the container's cgroup, ``vortex_prepare``;
+2. ``vortex_pre_pivot`` → the setup plan;
+3. the helper clones the init (CLONE_PARENT: it is *our* child), into its
+   cgroup directly on v2 (CLONE_INTO_CGROUP); on v1 we attach it now, while
+   it waits on the sync pipe;
+4. ``vortex_post_cgroup``; then one byte on the sync pipe lets it go on;
+5. the error pipe (close-on-exec in the init) closes on a successful exec, or
+   carries the reason it failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pluggy
+
+from vortex import _linux as L
+from vortex import cgroups, log
+from vortex.container import Container
+from vortex.errors import (
+    ContainerSetupError,
+    ExecError,
+    PermissionDeniedError,
+    VortexError,
+)
+from vortex.helper.client import ForkHelper
+from vortex.launch import Launch
+from vortex.ops import SetupOp
+from vortex.pluginmanager import call_async, call_sync, load_plugins
+from vortex.result import RunResult
+from vortex.spec import ContainerSpec
+
+
+class Runtime:
+    """Runs containers.  Use as ``async with Runtime() as rt: await rt.run(spec)``.
+
+    :param plugins: extra plugin objects to register (modules or instances).
+    :param disabled_plugins: names of plugins not to load (e.g. ``["net"]``).
+    :param entry_points: load third-party plugins from the ``vortex`` entry-point group.
+    :param cgroup_root: where the cgroup hierarchies are mounted.
+    :param cgroup_parent: the cgroup under which container cgroups are created.
+    """
+
+    def __init__(
+        self,
+        *,
+        plugins: Iterable[object] = (),
+        disabled_plugins: Iterable[str] = (),
+        entry_points: bool = True,
+        cgroup_root: str = "/sys/fs/cgroup",
+        cgroup_parent: str = "vortex",
+    ) -> None:
+        self._extra_plugins = list(plugins)
+        self._disabled = list(disabled_plugins)
+        self._entry_points = entry_points
+        self._cgroup_root = cgroup_root
+        self._cgroup_parent = cgroup_parent
+        self._helper: ForkHelper | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._containers: dict[str, Container] = {}
+        self._launches: dict[str, Launch] = {}
+        self.plugin_manager: pluggy.PluginManager | None = None
+        self.cgroups: cgroups.CgroupBackend | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Runtime:
+        if os.geteuid() != 0:
+            raise PermissionDeniedError(
+                "vortex needs root (or CAP_SYS_ADMIN) to create namespaces and cgroups: "
+                "run it with sudo"
+            )
+        # The helper first: after this point plugins and anyio may start threads.
+        self._helper = ForkHelper.start()
+        try:
+            self.plugin_manager = load_plugins(
+                self._disabled, extra=self._extra_plugins, entry_points=self._entry_points
+            )
+            self.cgroups = cgroups.detect(self._cgroup_root, self._cgroup_parent)
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+        except BaseException:
+            self._helper.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task_group is not None and self._helper is not None
+        # Containers do not outlive their Runtime.
+        for container in list(self._containers.values()):
+            container.kill_all()
+        try:
+            # The watcher tasks finish on their own once the inits are dead.  An
+            # exception leaving the ``async with`` body is not theirs: let it
+            # propagate as it is instead of wrapping it in an ExceptionGroup.
+            await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._helper.close()
+
+    @property
+    def containers(self) -> list[Container]:
+        """Containers that have not finished yet."""
+        return list(self._containers.values())
+
+    # ------------------------------------------------------------------ public API
+
+    async def run(self, spec: ContainerSpec) -> RunResult:
+        """Start a container, wait for it, return its result.
+
+        Raises :class:`~vortex.errors.ExecError` (exit status 126/127) when the
+        command cannot be executed, other :class:`~vortex.errors.VortexError`\\ s
+        when the container cannot be set up.  Cancelling the call kills the
+        container and waits for its clean-up.
+        """
+        container = await self.start(spec)
+        try:
+            return await container.wait()
+        finally:
+            if container.result is None:
+                container.kill_all()
+                with anyio.CancelScope(shield=True):
+                    await container.wait()
+
+    async def start(self, spec: ContainerSpec) -> Container:
+        """Start a container and return once its command is executing."""
+        container = await self.create(spec)
+        await self.resume(container)
+        return container
+
+    async def create(self, spec: ContainerSpec) -> Container:
+        """Clone the container's init, place it in its cgroup, run ``post_cgroup``
+        hooks, and leave it waiting: :meth:`resume` lets it set up and exec."""
+        assert self._helper is not None and self._task_group is not None
+        assert self.plugin_manager is not None and self.cgroups is not None
+        spec.validate()
+        container_id = secrets.token_hex(16)
+        container = Container(
+            spec,
+            container_id,
+            name=spec.name or container_id[:12],
+            hostname=spec.hostname or container_id[:12],
+        )
+        launch = Launch(container, self._helper)
+        self._containers[container_id] = container
+        try:
+            container.cgroup = self.cgroups.create(container_id)
+            await call_async(self.plugin_manager, "vortex_prepare", container=container)
+            plan_ops: list[SetupOp] = []
+            for contributed in call_sync(
+                self.plugin_manager, "vortex_pre_pivot", container=container
+            ):
+                plan_ops.extend(contributed)
+            await launch.clone(plan_ops)
+            self._task_group.start_soon(self._watch, container, launch)
+            launch.start_output_tasks(self._task_group)
+            if not launch.cloned_into_cgroup:
+                container.cgroup.attach(launch.pid)
+            await call_async(self.plugin_manager, "vortex_post_cgroup", container=container)
+        except BaseException as exc:
+            await self._abort(container, launch, exc)
+            raise
+        self._launches[container_id] = launch
+        return container
+
+    async def resume(self, container: Container) -> None:
+        """Let a created container set itself up and execute its command."""
+        launch = self._launches.pop(container.id)
+        try:
+            await launch.release_and_await_exec()
+        except BaseException as exc:
+            await self._abort(container, launch, exc)
+            raise
+        container.state = "running"
+        if container.spec.tty:
+            await launch.attach_terminal(self._task_group)  # type: ignore[arg-type]
+        assert self.plugin_manager is not None
+        for failure in await call_async(
+            self.plugin_manager, "vortex_post_start", keep_going=True, container=container
+        ):
+            log.emit("error", "plugin.failed", container_id=container.id, error=str(failure))
+
+    # ------------------------------------------------------------------ internals
+
+    async def _abort(self, container: Container, launch: Launch, exc: BaseException) -> None:
+        """A start failed: make sure the init is gone, then clean up like an exit."""
+        launch.error = _describe(exc)
+        launch.abort()
+        with anyio.CancelScope(shield=True):
+            if container.pidfd is not None:
+                container.kill_all()
+                await container.wait()  # the watcher reaps and cleans up
+            else:
+                await self._finish(container, launch, None)
+
+    async def _watch(self, container: Container, launch: Launch) -> None:
+        """Await the pidfd, reap, collect, run exit hooks, clean up."""
+        pidfd = container.pidfd
+        assert pidfd is not None
+        try:
+            await anyio.wait_readable(pidfd)
+        except anyio.get_cancelled_exc_class():
+            container.kill_all()  # the Runtime is closing: the init must not survive it
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _wait_pidfd(pidfd)
+                info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+                container.pidfd = None
+                os.close(pidfd)
+                await self._finish(container, launch, info)
+
+    async def _finish(
+        self, container: Container, launch: Launch, info: os.waitid_result | None
+    ) -> None:
+        ended = time.monotonic()
+        cgroup = container.cgroup
+        if cgroup is not None and info is not None:
+            # PID 1 is gone, so the kernel kills the rest of its PID namespace; make
+            # sure of it (and of anything that moved out of reach) before reading stats.
+            with contextlib.suppress(Exception):
+                cgroup.kill()
+        stdout, stderr = await launch.collect_output()
+        stats = None
+        if cgroup is not None:
+            try:
+                stats = cgroup.stats()
+            except VortexError as exc:
+                log.emit("warning", "cgroup.stats_failed", container_id=container.id, error=str(exc))
+        exit_code = sig = None
+        if info is not None:
+            if info.si_code == os.CLD_EXITED:
+                exit_code = info.si_status
+            else:
+                sig = info.si_status
+        oom = bool(stats and stats.oom_kills) and (sig == signal.SIGKILL or exit_code == 137)
+        result = RunResult(
+            container_id=container.id,
+            name=container.name,
+            exit_code=exit_code,
+            signal=sig,
+            oom_killed=oom,
+            wall_time=ended - launch.cloned_at if launch.cloned_at else 0.0,
+            cpu_time=stats.cpu_time if stats else None,
+            memory_peak=stats.memory_peak if stats else None,
+            stdout=stdout,
+            stderr=stderr,
+            error=launch.error,
+        )
+        assert self.plugin_manager is not None
+        for failure in await call_async(
+            self.plugin_manager, "vortex_on_exit", keep_going=True, container=container, result=result
+        ):
+            log.emit("error", "plugin.failed", container_id=container.id, error=str(failure))
+        if cgroup is not None:
+            try:
+                cgroup.remove()
+            except VortexError as exc:
+                log.emit("error", "cgroup.remove_failed", container_id=container.id, error=str(exc))
+        launch.close_all()
+        self._containers.pop(container.id, None)
+        self._launches.pop(container.id, None)
+        container._finish(result)
+
+
+
+
+async def _wait_pidfd(pidfd: int) -> None:
+    with contextlib.suppress(anyio.ClosedResourceError):
+        await anyio.wait_readable(pidfd)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, VortexError):
+        return str(exc)
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "start cancelled"
+    return f"{type(exc).__name__}: {exc}"
