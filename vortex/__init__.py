@@ -1,0 +1,53 @@
+"""Vortex: a Linux container runtime and supervisor in Python.
+
+The public API::
+
+    import vortex
+
+    async with vortex.Runtime() as runtime:
+        result = await runtime.run(vortex.ContainerSpec(rootfs=path, command=["/bin/true"]))
+
+Names are imported lazily: ``import vortex`` stays cheap, which keeps the
+CLI's cold start (it imports ``vortex.cli``, hence this package) fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Runtime": "vortex.runtime",
+    "Container": "vortex.container",
+    "ContainerSpec": "vortex.spec",
+    "Resources": "vortex.spec",
+    "Stdio": "vortex.spec",
+    "User": "vortex.spec",
+    "RunResult": "vortex.result",
+    "hookimpl": "vortex.hookspecs",
+    "configure_logging": "vortex.log",
+    "VortexError": "vortex.errors",
+}
+
+__all__ = (*_EXPORTS, "__version__")
+
+if TYPE_CHECKING:
+    from vortex.container import Container as Container
+    from vortex.errors import VortexError as VortexError
+    from vortex.hookspecs import hookimpl as hookimpl
+    from vortex.log import configure_logging as configure_logging
+    from vortex.result import RunResult as RunResult
+    from vortex.runtime import Runtime as Runtime
+    from vortex.spec import ContainerSpec as ContainerSpec
+    from vortex.spec import Resources as Resources
+    from vortex.spec import Stdio as Stdio
+    from vortex.spec import User as User
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vortex' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

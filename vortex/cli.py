@@ -23,7 +23,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vortex", description="Run Linux containers (namespaces, cgroups, pivot_root)."
     )
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    parser.add_argument(
+        "--log-level", default="warning", help="debug, info, warning (default), error"
+    )
     parser.add_argument(
         "--log-format",
         default="auto",
@@ -36,10 +38,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command in a new container")
     run.add_argument("--name", help="a name for the container (default: its short id)")
     run.add_argument("--hostname", help="hostname inside (default: the short id)")
-    run.add_argument("-m", "--memory", default="100M", help="memory limit, e.g. 64M, or none (default 100M)")
+    run.add_argument(
+        "-m", "--memory", default="100M", help="memory limit, e.g. 64M, or none (default 100M)"
+    )
     run.add_argument("--pids", help="maximum number of processes, or none")
     run.add_argument("--cpus", help="CPU bandwidth in CPUs, e.g. 0.5")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set a variable")
+    run.add_argument(
+        "-e", "--env", action="append", default=[], metavar="K=V", help="set a variable"
+    )
     run.add_argument("-w", "--workdir", default="/", help="working directory inside")
     run.add_argument("-u", "--user", help="UID[:GID] to run the command as")
     tty = run.add_mutually_exclusive_group()
@@ -108,7 +114,9 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
         pids=parse_pids(args.pids) if args.pids is not None else None,
         cpus=parse_cpus(args.cpus) if args.cpus is not None else None,
     )
-    explicit = args.pids is not None or args.cpus is not None or "--memory" in sys.argv or "-m" in sys.argv
+    explicit = (
+        args.pids is not None or args.cpus is not None or "--memory" in sys.argv or "-m" in sys.argv
+    )
     if "limits" in args.no_plugin and explicit:
         raise SpecError(
             "--memory/--pids/--cpus need the 'limits' plugin, which --no-plugin disabled"
@@ -128,6 +136,12 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        from vortex.errors import PermissionDeniedError
+
+        raise PermissionDeniedError(
+            "vortex run needs root (or CAP_SYS_ADMIN) for namespaces and cgroups: run it with sudo"
+        )
     import anyio
 
     spec = _spec_from_args(args)

@@ -82,10 +82,10 @@ class Container:
             with contextlib.suppress(Exception):
                 self.cgroup.kill()
 
-    async def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> RunResult:
-        """Graceful stop: ``sig``, then SIGKILL after ``timeout`` seconds."""
+    async def stop(self, grace_period: float = 10.0, sig: int = signal.SIGTERM) -> RunResult:
+        """Graceful stop: ``sig``, then SIGKILL after ``grace_period`` seconds."""
         self.kill(sig)
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(grace_period):
             return await self.wait()
         self.kill_all()
         return await self.wait()

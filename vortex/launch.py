@@ -26,9 +26,7 @@ from vortex.spec import Stdio
 from vortex.streams import FdReceiveStream, FdSendStream, read_all
 from vortex.terminal import relay, window_size
 
-NAMESPACE_FLAGS = (
-    L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWNET | L.CLONE_NEWIPC
-)
+NAMESPACE_FLAGS = L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWNET | L.CLONE_NEWIPC
 """Namespaces created at clone.  The cgroup namespace is unshared by the init
 once it is in its cgroup, so that its own cgroup is its root on v1 as well."""
 
@@ -53,6 +51,8 @@ class Launch:
         self._stdin_feed: tuple[FdSendStream, bytes] | None = None
         self._output_done = anyio.Event()
         self._pending_outputs = 0
+        self.post_start_done: anyio.Event | None = None
+        """Set while ``vortex_post_start`` hooks run, so ``vortex_on_exit`` waits for them."""
 
     # ------------------------------------------------------------------ clone
 
@@ -65,7 +65,9 @@ class Launch:
         console_child = -1
         if spec.tty:
             stdio = [self._devnull(os.O_RDWR)] * 3
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            ours, theirs = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC
+            )
             self._console = ours
             console_child = theirs.detach()
             self._child_ends.append(console_child)
@@ -199,10 +201,8 @@ class Launch:
     async def release_and_await_exec(self) -> None:
         """One byte on the sync pipe; then the error pipe says how exec went."""
         assert self._sync_w is not None and self._errors_r is not None
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the init died: its status will tell
             os.write(self._sync_w, b"\x01")
-        except BrokenPipeError:
-            pass  # the init died already; its exit status will tell
         os.close(self._sync_w)
         self._sync_w = None
         errors = FdReceiveStream(self._errors_r)

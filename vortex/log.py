@@ -15,19 +15,19 @@ CLI, or by a program that wants Vortex's events.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Literal
+from typing import Any, Literal, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 LogFormat = Literal["auto", "console", "json"]
 
 _threshold = LEVELS["warning"]
 _format: LogFormat = "auto"
-_stream: IO[str] | None = None
+_stream: TextIO | None = None
 _logger: Any = None
 
 
 def configure_logging(
-    level: str = "warning", format: LogFormat = "auto", stream: IO[str] | None = None
+    level: str = "warning", format: LogFormat = "auto", stream: TextIO | None = None
 ) -> None:
     """Set Vortex's event threshold and rendering (``format``: auto, console or json)."""
     global _threshold, _format, _stream, _logger

@@ -23,22 +23,16 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
 import anyio
 import anyio.abc
 import pluggy
 
-from vortex import _linux as L
 from vortex import cgroups, log
 from vortex.container import Container
 from vortex.errors import (
-    ContainerSetupError,
-    ExecError,
     PermissionDeniedError,
     VortexError,
 )
@@ -48,6 +42,7 @@ from vortex.ops import SetupOp
 from vortex.pluginmanager import call_async, call_sync, load_plugins
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec
+from vortex.state import DEFAULT_STATE_DIR, StateDir
 
 
 class Runtime:
@@ -68,12 +63,15 @@ class Runtime:
         entry_points: bool = True,
         cgroup_root: str = "/sys/fs/cgroup",
         cgroup_parent: str = "vortex",
+        state_dir: str = DEFAULT_STATE_DIR,
     ) -> None:
         self._extra_plugins = list(plugins)
         self._disabled = list(disabled_plugins)
         self._entry_points = entry_points
         self._cgroup_root = cgroup_root
         self._cgroup_parent = cgroup_parent
+        self._state_dir = state_dir
+        self.state: StateDir | None = None
         self._helper: ForkHelper | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._containers: dict[str, Container] = {}
@@ -96,6 +94,9 @@ class Runtime:
                 self._disabled, extra=self._extra_plugins, entry_points=self._entry_points
             )
             self.cgroups = cgroups.detect(self._cgroup_root, self._cgroup_parent)
+            self.state = StateDir(self._state_dir)
+            for swept in self.state.sweep_stale(self._remove_stale_cgroup):
+                log.emit("info", "container.swept", container_id=swept)
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
         except BaseException:
@@ -162,6 +163,8 @@ class Runtime:
         launch = Launch(container, self._helper)
         self._containers[container_id] = container
         try:
+            assert self.state is not None
+            self.state.record(container_id, container.name, container_id)
             container.cgroup = self.cgroups.create(container_id)
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
             plan_ops: list[SetupOp] = []
@@ -193,12 +196,23 @@ class Runtime:
         if container.spec.tty:
             await launch.attach_terminal(self._task_group)  # type: ignore[arg-type]
         assert self.plugin_manager is not None
-        for failure in await call_async(
-            self.plugin_manager, "vortex_post_start", keep_going=True, container=container
-        ):
-            log.emit("error", "plugin.failed", container_id=container.id, error=str(failure))
+        launch.post_start_done = anyio.Event()
+        try:
+            for failure in await call_async(
+                self.plugin_manager, "vortex_post_start", keep_going=True, container=container
+            ):
+                log.emit("error", "plugin.failed", container_id=container.id, error=str(failure))
+        finally:
+            launch.post_start_done.set()
 
     # ------------------------------------------------------------------ internals
+
+    def _remove_stale_cgroup(self, name: str) -> None:
+        assert self.cgroups is not None
+        try:
+            self.cgroups.open(name).remove()
+        except VortexError as exc:
+            log.emit("warning", "cgroup.sweep_failed", cgroup=name, error=str(exc))
 
     async def _abort(self, container: Container, launch: Launch, exc: BaseException) -> None:
         """A start failed: make sure the init is gone, then clean up like an exit."""
@@ -223,7 +237,8 @@ class Runtime:
         finally:
             with anyio.CancelScope(shield=True):
                 await _wait_pidfd(pidfd)
-                info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+                # Does not block: the pidfd is readable, so the init is a zombie.
+                info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222
                 container.pidfd = None
                 os.close(pidfd)
                 await self._finish(container, launch, info)
@@ -239,12 +254,16 @@ class Runtime:
             with contextlib.suppress(Exception):
                 cgroup.kill()
         stdout, stderr = await launch.collect_output()
+        if launch.post_start_done is not None:
+            await launch.post_start_done.wait()  # on_exit never overtakes post_start
         stats = None
         if cgroup is not None:
             try:
                 stats = cgroup.stats()
             except VortexError as exc:
-                log.emit("warning", "cgroup.stats_failed", container_id=container.id, error=str(exc))
+                log.emit(
+                    "warning", "cgroup.stats_failed", container_id=container.id, error=str(exc)
+                )
         exit_code = sig = None
         if info is not None:
             if info.si_code == os.CLD_EXITED:
@@ -267,7 +286,11 @@ class Runtime:
         )
         assert self.plugin_manager is not None
         for failure in await call_async(
-            self.plugin_manager, "vortex_on_exit", keep_going=True, container=container, result=result
+            self.plugin_manager,
+            "vortex_on_exit",
+            keep_going=True,
+            container=container,
+            result=result,
         ):
             log.emit("error", "plugin.failed", container_id=container.id, error=str(failure))
         if cgroup is not None:
@@ -276,11 +299,11 @@ class Runtime:
             except VortexError as exc:
                 log.emit("error", "cgroup.remove_failed", container_id=container.id, error=str(exc))
         launch.close_all()
+        assert self.state is not None
+        self.state.forget(container.id)
         self._containers.pop(container.id, None)
         self._launches.pop(container.id, None)
         container._finish(result)
-
-
 
 
 async def _wait_pidfd(pidfd: int) -> None:

@@ -190,7 +190,9 @@ def parse_user(text: str) -> User:
         uid = int(uid_text)
         gid = int(gid_text) if gid_text else uid
     except ValueError:
-        raise SpecError(f"--user {text!r} must be numeric UID[:GID], for example 1000:1000") from None
+        raise SpecError(
+            f"--user {text!r} must be numeric UID[:GID], for example 1000:1000"
+        ) from None
     if not (0 <= uid < 2**32 - 1 and 0 <= gid < 2**32 - 1):
         raise SpecError(f"--user {text!r} is out of range")
     return User(uid=uid, gid=gid)

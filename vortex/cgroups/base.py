@@ -44,7 +44,7 @@ class Cgroup(abc.ABC):
 
     @abc.abstractmethod
     def apply(self, limits: Limits) -> None:
-        """Write the limits; raise MissingControllerError naming the controller if one is missing."""
+        """Write the limits; MissingControllerError names a missing controller."""
 
     @abc.abstractmethod
     def attach(self, pid: int) -> None:

@@ -19,7 +19,9 @@ from vortex.helper.server import MAX_REQUEST, serve
 class ForkHelper:
     """A running fork helper process and the socket to it."""
 
-    def __init__(self, sock: socket.socket, pid: int, popen: subprocess.Popen[bytes] | None) -> None:
+    def __init__(
+        self, sock: socket.socket, pid: int, popen: subprocess.Popen[bytes] | None
+    ) -> None:
         self._sock = sock
         self.pid = pid
         self._popen = popen
@@ -31,7 +33,9 @@ class ForkHelper:
         """Start the helper: forked when this process is still single-threaded (cheap,
         about a millisecond), exec'd as ``python -m vortex.helper`` otherwise (safe from
         a threaded process, since subprocess's fork+exec runs no Python in between)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        ours, theirs = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+        )
         if threading.active_count() == 1:
             pid = os.fork()
             if pid == 0:

@@ -19,6 +19,7 @@ Order matters and is the contract with the Runtime:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -86,21 +87,22 @@ def run_init(plan: InitPlan, fds: dict[str, int]) -> None:
         kind = "exec" if failure.exit_status in (EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE) else "setup"
         _report(error_fd, encode_failure(kind, failure.exit_status, str(failure)))
         os._exit(failure.exit_status)
-    except BaseException as exc:  # noqa: BLE001 - nothing may escape into the helper
+    except BaseException as exc:
         _report(error_fd, encode_failure("setup", EXIT_RUNTIME_ERROR, f"container init: {exc}"))
         os._exit(EXIT_RUNTIME_ERROR)
     os._exit(EXIT_RUNTIME_ERROR)  # _run only returns by exec
 
 
 def _report(fd: int, message: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.write(fd, message)
-    except OSError:
-        pass
 
 
 def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     L.set_parent_death_signal(signal.SIGKILL)
+    # fds received over SCM_RIGHTS arrive without close-on-exec; the error pipe must
+    # close at exec, or the Runtime would only learn "exec succeeded" at exit.
+    os.set_inheritable(fds["errors"], False)
     # The helper ignores SIGINT; an exec'd command must start with default dispositions.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
@@ -188,11 +190,17 @@ def _ensure_dir(path: str, mode: int = 0o755) -> None:
         raise InitFailure(f"create mount point {path}: {_strerror(exc)}") from None
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     try:
         L.mount(source, target, fstype, flags, data)
     except OSError as exc:
-        raise InitFailure(str(exc).lower() if not exc.errno else f"mount {fstype or source} on {target}: {_strerror(exc)}") from None
+        raise InitFailure(
+            str(exc).lower()
+            if not exc.errno
+            else f"mount {fstype or source} on {target}: {_strerror(exc)}"
+        ) from None
 
 
 def _setup_mounts(rootfs: str, plan_ops: Sequence[ops.SetupOp]) -> None:

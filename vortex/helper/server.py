@@ -15,6 +15,7 @@ Runtime reaps it with ``waitid(P_PIDFD)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -42,7 +43,7 @@ def serve(sock: socket.socket) -> None:
             if not message:
                 break  # the Runtime closed the socket: we are done
             _handle(sock, pickle.loads(message), fds)
-    except BaseException:  # noqa: BLE001 - a forked helper must never unwind into its parent's code
+    except BaseException:
         status = 1
     finally:
         os._exit(status)
@@ -54,10 +55,8 @@ def _prepare_process() -> None:
     # what a SIGINT means, the helper must simply survive it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
+    with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # an inherited event-loop wakeup fd is not ours
-    except ValueError:
-        pass
     L.set_parent_death_signal(signal.SIGKILL)
 
 
@@ -86,10 +85,8 @@ def _handle(sock: socket.socket, request: SpawnRequest, fds: list[int]) -> None:
 
 def _close(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def main() -> None:

@@ -22,13 +22,25 @@ def vortex_prepare(container: Container) -> None:
 
 @hookimpl
 def vortex_post_start(container: Container) -> None:
-    log.emit("info", "container.started", container_id=container.id, name=container.name, pid=container.pid)
+    log.emit(
+        "info",
+        "container.started",
+        container_id=container.id,
+        name=container.name,
+        pid=container.pid,
+    )
 
 
 @hookimpl(trylast=True)
 def vortex_on_exit(container: Container, result: RunResult) -> None:
     if result.error is not None:
-        log.emit("info", "container.failed", container_id=container.id, name=container.name, error=result.error)
+        log.emit(
+            "info",
+            "container.failed",
+            container_id=container.id,
+            name=container.name,
+            error=result.error,
+        )
         return
     log.emit(
         "warning" if result.oom_killed else "info",

@@ -1,0 +1,3 @@
+from vortex.cli import main
+
+main()

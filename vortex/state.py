@@ -1,0 +1,99 @@
+"""The state directory: one small JSON file per live container.
+
+It records which Runtime process owns each container, so that when a Runtime
+dies hard (SIGKILL, OOM, power cut of the process) the next Runtime can find
+what it left: its containers died with it (parent-death signal), but their
+cgroups and state files remain.  :func:`sweep_stale` removes them.  The same
+files are the seed of ``vortex ps`` and the OCI ``state`` verb.
+
+Files are written atomically (write to a temporary name, then rename), so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vortex.errors import StateError
+
+DEFAULT_STATE_DIR = "/run/vortex"
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    id: str
+    name: str
+    owner_pid: int
+    owner_start_time: int
+    """Start time of the owner in clock ticks since boot (/proc/PID/stat field 22):
+    together with the PID it identifies the process even after PID reuse."""
+    cgroup: str
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat, or None when the process does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(after_name[19])  # fields 3.. follow the name; field 22 is index 19
+
+
+class StateDir:
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> None:
+        self.path = Path(path) / "containers"
+        self.owner_pid = os.getpid()
+        start = process_start_time(self.owner_pid)
+        assert start is not None
+        self.owner_start_time = start
+
+    def _ensure(self) -> None:
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create the state directory {self.path}: {exc.strerror}; "
+                "pass another one with state_dir="
+            ) from exc
+
+    def record(self, container_id: str, name: str, cgroup: str) -> None:
+        self._ensure()
+        record = ContainerRecord(container_id, name, self.owner_pid, self.owner_start_time, cgroup)
+        temporary = self.path / f".{container_id}.tmp"
+        temporary.write_text(json.dumps(asdict(record)))
+        os.replace(temporary, self.path / f"{container_id}.json")
+
+    def forget(self, container_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / f"{container_id}.json").unlink()
+
+    def records(self) -> list[ContainerRecord]:
+        if not self.path.is_dir():
+            return []
+        found = []
+        for file in self.path.glob("*.json"):
+            try:
+                found.append(ContainerRecord(**json.loads(file.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue  # unreadable or half-written by a crashed writer: not ours to judge
+        return found
+
+    def sweep_stale(self, remove_cgroup: Callable[[str], None]) -> list[str]:
+        """Remove what dead Runtimes left behind; returns the container ids swept."""
+        swept = []
+        for record in self.records():
+            if process_start_time(record.owner_pid) == record.owner_start_time:
+                continue  # its Runtime is alive (maybe it is us)
+            remove_cgroup(record.cgroup)
+            self.forget(record.id)
+            swept.append(record.id)
+        for leftover in self.path.glob(".*.tmp") if self.path.is_dir() else ():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        return swept
