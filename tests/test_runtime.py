@@ -1,0 +1,176 @@
+"""The library: ``async with Runtime() as rt``, on asyncio and trio."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+import vortex
+from tests.conftest import open_fds, vortex_cgroups, zombie_children
+from vortex.errors import ExecError, SpecError
+from vortex.spec import ContainerSpec, Resources, Stdio
+
+pytestmark = pytest.mark.anyio
+
+
+def spec(rootfs: Path, script: str, **kwargs: object) -> ContainerSpec:
+    kwargs.setdefault("stdout", Stdio.CAPTURE)
+    kwargs.setdefault("stderr", Stdio.CAPTURE)
+    kwargs.setdefault("stdin", Stdio.NULL)
+    return ContainerSpec(rootfs=rootfs, command=["/bin/sh", "-c", script], **kwargs)  # type: ignore[arg-type]
+
+
+async def test_run_returns_a_typed_result(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        result = await rt.run(spec(rootfs, "echo out; echo err >&2; exit 7"))
+    assert result.exit_code == 7 and result.signal is None and result.status == 7
+    assert result.stdout == b"out\n" and result.stderr == b"err\n"
+    assert not result.oom_killed and result.error is None
+    assert 0 < result.wall_time < 10
+    assert result.cpu_time is not None and result.cpu_time >= 0
+    assert result.memory_peak is not None and result.memory_peak > 0
+    assert len(result.container_id) == 32 and result.name == result.container_id[:12]
+
+
+async def test_oom_is_reported_with_peak_memory(rootfs: Path) -> None:
+    hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a)"
+    async with vortex.Runtime() as rt:
+        result = await rt.run(spec(rootfs, hog, resources=Resources(memory=32 * 1024 * 1024)))
+    assert result.oom_killed
+    assert result.signal == signal.SIGKILL and result.status == 137
+    assert result.memory_peak is not None and result.memory_peak >= 30 * 1024 * 1024
+    assert "OOM-killed" in result.describe()
+
+
+async def test_cpu_time_is_measured(rootfs: Path) -> None:
+    busy = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"
+    async with vortex.Runtime() as rt:
+        result = await rt.run(spec(rootfs, busy))
+    assert result.exit_code == 0
+    assert result.cpu_time is not None and result.cpu_time > 0.05
+
+
+async def test_stdin_bytes_and_streams(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        fed = await rt.run(spec(rootfs, "tr a-z A-Z", stdin=b"hello\n"))
+        assert fed.stdout == b"HELLO\n"
+
+        container = await rt.start(
+            spec(rootfs, "read line; echo got:$line", stdin=Stdio.STREAM, stdout=Stdio.STREAM)
+        )
+        assert container.stdin is not None and container.stdout is not None
+        await container.stdin.send(b"ping\n")
+        await container.stdin.aclose()
+        assert await container.stdout.receive() == b"got:ping\n"
+        result = await container.wait()
+        await container.stdout.aclose()
+    assert result.exit_code == 0 and result.stdout is None
+
+
+async def test_handle_kill_and_stop(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        container = await rt.start(
+            spec(
+                rootfs,
+                "trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done",
+                stdout=Stdio.STREAM,
+            )
+        )
+        assert container.state == "running" and container.pid is not None
+        assert container.stdout is not None
+        assert await container.stdout.receive() == b"ready\n"  # the trap is set
+        await container.stdout.aclose()
+        container.kill(signal.SIGTERM)
+        assert (await container.wait()).exit_code == 9
+        # A PID 1 without a handler ignores SIGTERM: stop() escalates to SIGKILL.
+        stubborn = await rt.start(spec(rootfs, "exec sleep 100"))
+        result = await stubborn.stop(grace_period=0.3)
+    assert result.signal == signal.SIGKILL
+    assert stubborn.state == "exited"
+
+
+async def test_exec_failure_raises_with_status(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        with pytest.raises(ExecError) as missing:
+            await rt.run(ContainerSpec(rootfs=rootfs, command=["/no/such"]))
+        assert missing.value.exit_status == 127
+        with pytest.raises(ExecError) as denied:
+            await rt.run(ContainerSpec(rootfs=rootfs, command=["/etc/passwd"]))
+        assert denied.value.exit_status == 126
+        with pytest.raises(SpecError):
+            await rt.run(ContainerSpec(rootfs=rootfs / "missing", command=["/bin/true"]))
+
+
+async def test_cancelling_run_kills_the_container(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        with anyio.move_on_after(0.5):
+            await rt.run(spec(rootfs, "exec sleep 100"))
+        assert rt.containers == []
+
+
+async def test_leaving_the_runtime_kills_its_containers(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        container = await rt.start(spec(rootfs, "exec sleep 100"))
+    assert container.result is not None and container.result.signal == signal.SIGKILL
+
+
+async def test_concurrent_containers(rootfs: Path) -> None:
+    results: list[vortex.RunResult] = []
+
+    async def one(rt: vortex.Runtime, n: int) -> None:
+        results.append(await rt.run(spec(rootfs, f"sleep 0.2; exit {n}")))
+
+    async with vortex.Runtime() as rt, anyio.create_task_group() as tg:
+        for n in range(10):
+            tg.start_soon(one, rt, n)
+    assert sorted(r.exit_code for r in results) == list(range(10))  # type: ignore[type-var]
+
+
+async def test_helper_is_execed_when_threads_exist(rootfs: Path) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        async with vortex.Runtime() as rt:
+            assert rt._helper is not None and rt._helper._popen is not None
+            result = await rt.run(spec(rootfs, "echo threaded"))
+    finally:
+        stop.set()
+        thread.join()
+    assert result.stdout == b"threaded\n"
+
+
+async def test_200_containers_back_to_back_leave_nothing(rootfs: Path) -> None:
+    fds_before = open_fds()
+    cgroups_before = vortex_cgroups()
+    async with vortex.Runtime() as rt:
+        for n in range(200):
+            result = await rt.run(
+                spec(rootfs, f"exit {n % 7}", stdout=Stdio.NULL, stderr=Stdio.NULL)
+            )
+            assert result.exit_code == n % 7
+    assert vortex_cgroups() == cgroups_before
+    assert zombie_children() == []
+    assert set(open_fds()) == set(fds_before)
+    assert not any(os.scandir("/run/vortex/containers"))
+
+
+async def test_runtime_needs_root(rootfs: Path) -> None:
+    # Checked in-process through the real euid switch of a child process.
+    code = (
+        # Import first: as nobody, the interpreter's site-packages may be unreadable.
+        "import os, anyio, anyio._backends._asyncio, vortex, vortex.errors, vortex.runtime\n"
+        "os.setresuid(65534, 65534, 65534)\n"
+        "async def main():\n"
+        "    async with vortex.Runtime(): pass\n"
+        "try:\n    anyio.run(main)\n"
+        "except vortex.errors.PermissionDeniedError as e:\n    print('refused:', e)\n"
+    )
+    proc = await anyio.run_process(["python3", "-c", code], check=False)
+    assert b"refused: vortex needs root" in proc.stdout, proc.stderr
+    assert os.geteuid() == 0

@@ -1,0 +1,100 @@
+"""An interactive shell through a pseudo-terminal, driven like a user would."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+from tests.conftest import VORTEX
+
+
+class Terminal:
+    """The user's side of a pty in which ``vortex run`` runs."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def expect(self, needle: bytes, timeout: float = 10) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"never saw {needle!r}; got {self.seen[-500:]!r}")
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"terminal closed before {needle!r}: {self.seen!r}")
+                self.seen += chunk
+        before, _, self.seen = self.seen.partition(needle)
+        return before
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            os.close(self.master)
+
+
+def test_interactive_shell(rootfs: Path) -> None:
+    term = Terminal([*VORTEX, "run", str(rootfs), "/bin/sh"])
+    try:
+        term.expect(b"# ")
+        term.send(b"echo $((6*7))\r")
+        term.expect(b"42")
+        term.expect(b"# ")
+        # It is the container's own terminal, with the caller's window size.
+        term.send(b"tty; stty size\r")
+        term.expect(b"/dev/pts/0")
+        term.expect(b"40 100")
+        term.expect(b"# ")
+        # Line editing: two backspaces.
+        term.send(b"echo abc\x7f\x7fxy\r")
+        term.expect(b"axy")
+        term.expect(b"# ")
+        # Ctrl-C interrupts the command inside the container, not vortex.
+        term.send(b"sleep 100\r")
+        time.sleep(0.5)
+        term.send(b"\x03")
+        term.expect(b"# ", timeout=5)
+        assert term.proc.poll() is None
+        term.send(b"echo still here\r")
+        term.expect(b"still here")
+        term.send(b"exit 5\r")
+    finally:
+        status = term.close()
+    assert status == 5
+
+
+def test_terminal_is_restored_after_exit(rootfs: Path) -> None:
+    term = Terminal([*VORTEX, "run", str(rootfs), "/bin/sh", "-c", "echo done"])
+    try:
+        term.expect(b"done")
+        assert term.close() == 0
+    finally:
+        pass
+    # The relay put the caller's terminal in raw mode; it must be back to cooked.
+    master, slave = os.openpty()
+    os.close(master)
+    os.close(slave)

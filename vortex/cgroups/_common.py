@@ -1,0 +1,406 @@
+"""Helpers shared by the v1 and v2 backends.
+
+Two kinds of code live here:
+
+* pure functions that parse the kernel's pseudo-files or format values for
+  them.  They take and return plain strings and numbers, so the unit tests
+  exercise them without root and without cgroups;
+* thin wrappers around the file operations on cgroupfs, which turn ``OSError``
+  into :class:`~vortex.errors.CgroupError` with a message a user can act on.
+
+Only the standard library is imported: this module is on the CLI's
+cold-start path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from vortex.cgroups.base import Limits
+from vortex.errors import CgroupError
+
+DEFAULT_ROOT = "/sys/fs/cgroup"
+DEFAULT_PARENT = "vortex"
+DEFAULT_TIMEOUT = 10.0
+"""Seconds to wait for the processes of a cgroup to die, or for its rmdir to succeed."""
+
+CFS_PERIOD_US = 100_000
+"""The CFS period Vortex writes (100 ms, the kernel's and docker's default)."""
+MIN_CFS_QUOTA_US = 1_000
+"""The kernel rejects quotas below 1 ms (EINVAL), so ``cpus`` must be >= 0.01."""
+
+# Every controller name cgroup v1 knows; used to tell controllers apart from
+# the other words (rw, noprefix, name=..., xattr, ...) in a mount's options.
+V1_KNOWN_CONTROLLERS = frozenset(
+    {
+        "blkio",
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "devices",
+        "freezer",
+        "hugetlb",
+        "memory",
+        "misc",
+        "net_cls",
+        "net_prio",
+        "perf_event",
+        "pids",
+        "rdma",
+    }
+)
+
+
+# --------------------------------------------------------------------------
+# Pure parsing and formatting
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """Parse "key value" lines (``memory.events``, ``cpu.stat``, ``memory.oom_control``).
+
+    Lines that are not exactly a key and an integer are skipped rather than
+    rejected: the kernel adds keys over time, and one odd line must not make
+    the counters we need unreadable.
+    """
+    result: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 2:
+            continue
+        try:
+            result[fields[0]] = int(fields[1])
+        except ValueError:
+            continue
+    return result
+
+
+def parse_int(text: str) -> int | None:
+    """Parse a single-value file such as ``pids.current``; ``max`` (no limit) is None."""
+    value = text.strip()
+    if value == "max":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def parse_pids(text: str) -> list[int]:
+    """Parse ``cgroup.procs``: one PID per line."""
+    return [int(line) for line in text.split() if line.isdigit()]
+
+
+def parse_controllers(text: str) -> frozenset[str]:
+    """Parse ``cgroup.controllers`` / ``cgroup.subtree_control``: space separated names."""
+    return frozenset(text.split())
+
+
+def parse_populated(text: str) -> bool:
+    """True when ``cgroup.events`` says the cgroup (or a descendant) still has processes."""
+    return parse_flat_keyed(text).get("populated", 0) != 0
+
+
+def cfs_quota_us(cpus: float, period_us: int = CFS_PERIOD_US) -> int:
+    """The CFS quota in microseconds for ``cpus`` CPUs over ``period_us``."""
+    return round(cpus * period_us)
+
+
+def cpu_max_value(cpus: float, period_us: int = CFS_PERIOD_US) -> str:
+    """The line written to v2 ``cpu.max``: "quota period"."""
+    return f"{cfs_quota_us(cpus, period_us)} {period_us}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of ``/proc/self/mountinfo``, reduced to what cgroup discovery needs."""
+
+    root: str
+    """The path inside the filesystem that is mounted (``/`` for a hierarchy's top)."""
+    mount_point: str
+    fstype: str
+    super_options: frozenset[str]
+
+
+def _unescape(field: str) -> str:
+    r"""Undo the kernel's octal escapes in mountinfo (``\040`` is a space)."""
+    if "\\" not in field:
+        return field
+    out: list[str] = []
+    i = 0
+    while i < len(field):
+        chunk = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(chunk) == 3 and all(c in "01234567" for c in chunk):
+            out.append(chr(int(chunk, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse ``/proc/<pid>/mountinfo`` (proc(5)); malformed lines are skipped.
+
+    The line has a variable number of optional fields before the ``-``
+    separator, so the fields after it are found by position of the separator.
+    """
+    mounts: list[Mount] = []
+    for line in text.splitlines():
+        fields = line.split()
+        try:
+            sep = fields.index("-", 6)
+        except ValueError:
+            continue
+        if len(fields) < sep + 4:
+            continue
+        mounts.append(
+            Mount(
+                root=_unescape(fields[3]),
+                mount_point=_unescape(fields[4]),
+                fstype=fields[sep + 1],
+                super_options=frozenset(fields[sep + 3].split(",")),
+            )
+        )
+    return mounts
+
+
+def _is_under(path: str, top: str) -> bool:
+    path, top = os.path.normpath(path), os.path.normpath(top)
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def v1_hierarchies(mounts: Iterable[Mount], under: str) -> dict[str, str]:
+    """Map each cgroup v1 controller mounted at or below ``under`` to its mount point.
+
+    Co-mounted controllers (``cpu,cpuacct``) map to the same mount point.  When a
+    hierarchy is mounted more than once, the first mount wins, preferring one
+    that shows the hierarchy's top (root ``/``) over a bind mount of a subtree.
+    """
+    found: dict[str, tuple[bool, str]] = {}
+    for mount in mounts:
+        if mount.fstype != "cgroup" or not _is_under(mount.mount_point, under):
+            continue
+        is_top = mount.root == "/"
+        for controller in mount.super_options & V1_KNOWN_CONTROLLERS:
+            previous = found.get(controller)
+            if previous is None or (is_top and not previous[0]):
+                found[controller] = (is_top, mount.mount_point)
+    return {controller: point for controller, (_, point) in sorted(found.items())}
+
+
+def find_v1_hierarchies(
+    root: str = DEFAULT_ROOT, mountinfo: str = "/proc/self/mountinfo"
+) -> dict[str, str]:
+    """:func:`v1_hierarchies` of the running system; ``{}`` when mountinfo is unreadable."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    return v1_hierarchies(parse_mountinfo(text), root)
+
+
+# --------------------------------------------------------------------------
+# Validation
+
+
+def _check_component(component: str, what: str) -> None:
+    if (
+        not component
+        or component in (".", "..")
+        or "/" in component
+        or "\0" in component
+        or len(component.encode("utf-8", "surrogateescape")) > 255
+    ):
+        raise CgroupError(
+            f"invalid cgroup {what} {component!r}: use a non-empty name without '/', "
+            "not '.' or '..', at most 255 bytes"
+        )
+
+
+def check_name(name: str) -> None:
+    """Reject a container cgroup name that is not a single, safe path component."""
+    _check_component(name, "name")
+
+
+def normalize_parent(parent: str) -> str:
+    """Check the parent path (``vortex`` or ``a/b``) and strip surrounding slashes."""
+    stripped = parent.strip("/")
+    if not stripped:
+        raise CgroupError(f"invalid cgroup parent {parent!r}: use a relative path such as 'vortex'")
+    for component in stripped.split("/"):
+        _check_component(component, "parent component")
+    return stripped
+
+
+def check_limits(limits: Limits) -> None:
+    """Reject values the kernel would refuse with a bare EINVAL, before writing anything."""
+    if limits.memory is not None and (isinstance(limits.memory, bool) or limits.memory <= 0):
+        raise CgroupError(f"invalid memory limit {limits.memory!r}: use a positive number of bytes")
+    if limits.pids is not None and (isinstance(limits.pids, bool) or limits.pids <= 0):
+        raise CgroupError(f"invalid pids limit {limits.pids!r}: use a positive number of tasks")
+    if limits.cpus is not None and (
+        not math.isfinite(limits.cpus) or cfs_quota_us(limits.cpus) < MIN_CFS_QUOTA_US
+    ):
+        raise CgroupError(
+            f"invalid cpus limit {limits.cpus!r}: use at least "
+            f"{MIN_CFS_QUOTA_US / CFS_PERIOD_US:g} CPUs"
+        )
+
+
+# --------------------------------------------------------------------------
+# File operations on cgroupfs
+
+
+def read_file(path: str) -> str:
+    """Read a cgroup file; CgroupError if it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError as e:
+        raise CgroupError(
+            f"cannot read {path}: {e.strerror}; check that the cgroup exists"
+        ) from None
+
+
+def read_optional(path: str) -> str | None:
+    """Read a cgroup file that may not exist (older kernel, controller not enabled)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise CgroupError(f"cannot read {path}: {e.strerror}") from None
+
+
+def write_file(path: str, value: str, hint: str = "") -> None:
+    """Write ``value`` to a cgroup file in a single write(2), as the kernel expects.
+
+    ``hint`` is appended to the error message (what to do about it); without
+    one, the message suggests the usual causes.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CgroupError(
+            f"cannot open {path} to write {value!r}: {e.strerror}; "
+            + (hint or "check that the cgroup exists and that Vortex runs as root")
+        ) from None
+    try:
+        os.write(fd, value.encode("ascii"))
+    except OSError as e:
+        raise CgroupError(
+            f"cannot write {value!r} to {path}: {e.strerror}; "
+            + (hint or "the kernel rejected the value")
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def attach_pid(procs_file: str, pid: int) -> None:
+    """Move ``pid`` into the cgroup whose ``cgroup.procs`` is ``procs_file``."""
+    if pid <= 0:
+        raise CgroupError(f"invalid pid {pid}: use the PID of a running process")
+    try:
+        fd = os.open(procs_file, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CgroupError(
+            f"cannot attach pid {pid}: {procs_file}: {e.strerror}; check that the cgroup exists"
+        ) from None
+    try:
+        os.write(fd, str(pid).encode("ascii"))
+    except ProcessLookupError:
+        raise CgroupError(
+            f"cannot attach pid {pid} to {procs_file}: no such process (it already exited)"
+        ) from None
+    except OSError as e:
+        raise CgroupError(f"cannot attach pid {pid} to {procs_file}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_procs(procs_file: str) -> list[int]:
+    """The PIDs in ``procs_file``; ``[]`` when the cgroup does not exist (any more)."""
+    text = read_optional(procs_file)
+    return [] if text is None else parse_pids(text)
+
+
+def subtree_pids(directory: str) -> set[int]:
+    """PIDs in the cgroup ``directory`` and every cgroup below it; empty if it is gone."""
+    pids: set[int] = set()
+    for current, _dirs, _files in os.walk(directory):
+        pids.update(read_procs(os.path.join(current, "cgroup.procs")))
+    return pids
+
+
+def sigkill_all(pids: Iterable[int]) -> None:
+    """SIGKILL each pid; a process that is already gone is fine."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def make_dir(path: str) -> None:
+    """``mkdir -p`` for the parent cgroups, with a CgroupError on failure."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CgroupError(
+            f"cannot create cgroup directory {path}: {e.strerror}; "
+            "check that the hierarchy is mounted read-write and that Vortex runs as root"
+        ) from None
+
+
+def rmdir_tree(path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Remove a cgroup directory and any child cgroups below it, deepest first.
+
+    A missing directory is not an error (removal is idempotent).  rmdir fails
+    with EBUSY for a short while after the last process was killed: the tasks
+    leave the cgroup only at the end of their exit path, after the signal was
+    delivered.  So EBUSY is retried with a growing sleep until ``timeout``.
+    """
+    try:
+        children = [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise CgroupError(f"cannot list {path}: {e.strerror}") from None
+    for child in children:
+        rmdir_tree(child, timeout)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise CgroupError(
+                    f"cannot remove cgroup {path}: {e.strerror}; "
+                    "processes are still inside it: kill them and retry"
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def wait_until(condition_met: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition_met`` with a growing sleep; True once it holds, False on timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        if condition_met():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
