@@ -245,11 +245,6 @@ async def test_async_hooks_are_awaited_one_after_the_other(rootfs: Path) -> None
     assert events[:8] == in_call_order(["prepare", "post_cgroup"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runtime: once the command has exited, the init is reaped and the on_exit "
-    "hooks run while the post_start hooks are still being awaited",
-)
 async def test_on_exit_waits_for_the_post_start_hooks(rootfs: Path) -> None:
     events: list[str] = []
     first = SlowAsync("first", events, delay=0.0)
@@ -272,11 +267,6 @@ class SeesTheCommand(Named):
             self.cmdline = b""  # reaped already
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helper: the error pipe reaches the command without FD_CLOEXEC (fds received "
-    "over SCM_RIGHTS are inheritable), so exec is only noticed when the command exits",
-)
 async def test_post_start_runs_while_the_command_runs(rootfs: Path) -> None:
     plugin = SeesTheCommand()
     async with Runtime(plugins=[plugin], entry_points=False) as runtime:

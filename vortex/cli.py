@@ -1,25 +1,30 @@
-"""The ``vortex`` command line.  Errors become one line and an exit status here.
+"""The ``vortex`` command line: a dispatcher over subcommand modules.
 
-Kept light on purpose: a cold ``vortex run`` pays for every import, so the
-heavy modules are imported inside the subcommand that needs them.
+Every subcommand lives in its own module with two functions,
+``configure_parser(parser)`` and ``main(args) -> int``, and is listed in
+:data:`COMMANDS`.  Those modules import only argparse-level things at the top:
+a cold ``vortex run`` pays for every import, so heavy modules are imported
+inside ``main``.  Errors of the project's hierarchy become one line on stderr
+and the error's exit status here, at the edge.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from vortex.errors import EXIT_RUNTIME_ERROR, VortexError
+from vortex.errors import VortexError
 
-if TYPE_CHECKING:
-    from vortex.container import Container
-    from vortex.spec import ContainerSpec
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("vortex.run_command", "run a command in a new container"),
+    "rootfs": ("vortex.rootfs.cli", "build a root filesystem"),
+}
+"""Subcommand name → (module, one-line help)."""
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vortex", description="Run Linux containers (namespaces, cgroups, pivot_root)."
     )
@@ -34,38 +39,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     sub.required = True
-
-    run = sub.add_parser("run", help="run a command in a new container")
-    run.add_argument("--name", help="a name for the container (default: its short id)")
-    run.add_argument("--hostname", help="hostname inside (default: the short id)")
-    run.add_argument(
-        "-m", "--memory", default="100M", help="memory limit, e.g. 64M, or none (default 100M)"
-    )
-    run.add_argument("--pids", help="maximum number of processes, or none")
-    run.add_argument("--cpus", help="CPU bandwidth in CPUs, e.g. 0.5")
-    run.add_argument(
-        "-e", "--env", action="append", default=[], metavar="K=V", help="set a variable"
-    )
-    run.add_argument("-w", "--workdir", default="/", help="working directory inside")
-    run.add_argument("-u", "--user", help="UID[:GID] to run the command as")
-    tty = run.add_mutually_exclusive_group()
-    tty.add_argument("-t", "--tty", action="store_true", default=None, help="allocate a terminal")
-    tty.add_argument("--no-tty", dest="tty", action="store_false", help="never allocate a terminal")
-    run.add_argument(
-        "--rm",
-        action="store_true",
-        help="accepted for docker compatibility: nothing is ever left behind",
-    )
-    run.add_argument(
-        "--no-plugin", action="append", default=[], metavar="NAME", help="disable a plugin"
-    )
-    run.add_argument("rootfs", help="root filesystem directory")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
-
-    from vortex.rootfs import cli as rootfs_cli
-
-    rootfs = sub.add_parser("rootfs", help="build a root filesystem")
-    rootfs_cli.configure_parser(rootfs)
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).configure_parser(command)
     return parser
 
 
@@ -74,114 +50,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         from vortex.log import configure_logging
 
         configure_logging(args.log_level, args.log_format)
-        if args.subcommand == "run":
-            return _run(args)
-        from vortex.rootfs import cli as rootfs_cli
-
-        return rootfs_cli.main(args)
+        module = importlib.import_module(COMMANDS[args.subcommand][0])
+        status: int = module.main(args)
+        return status
     except VortexError as exc:
         print(f"vortex: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
-
-
-def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
-    from pathlib import Path
-
-    from vortex.errors import SpecError
-    from vortex.spec import (
-        ContainerSpec,
-        Resources,
-        User,
-        parse_cpus,
-        parse_env,
-        parse_memory,
-        parse_pids,
-        parse_user,
-    )
-
-    if not args.command:
-        raise SpecError("no command given: write 'vortex run ROOTFS COMMAND [ARG...]'")
-    resources = Resources(
-        memory=parse_memory(args.memory),
-        pids=parse_pids(args.pids) if args.pids is not None else None,
-        cpus=parse_cpus(args.cpus) if args.cpus is not None else None,
-    )
-    explicit = (
-        args.pids is not None or args.cpus is not None or "--memory" in sys.argv or "-m" in sys.argv
-    )
-    if "limits" in args.no_plugin and explicit:
-        raise SpecError(
-            "--memory/--pids/--cpus need the 'limits' plugin, which --no-plugin disabled"
-        )
-    tty = args.tty if args.tty is not None else (os.isatty(0) and os.isatty(1))
-    return ContainerSpec(
-        rootfs=Path(args.rootfs),
-        command=list(args.command),
-        env=parse_env(args.env),
-        workdir=args.workdir,
-        user=parse_user(args.user) if args.user else User(),
-        hostname=args.hostname,
-        name=args.name,
-        resources=resources,
-        tty=tty,
-    )
-
-
-def _run(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        from vortex.errors import PermissionDeniedError
-
-        raise PermissionDeniedError(
-            "vortex run needs root (or CAP_SYS_ADMIN) for namespaces and cgroups: run it with sudo"
-        )
-    import anyio
-
-    spec = _spec_from_args(args)
-    spec.validate()  # before any process or cgroup exists
-    return anyio.run(_run_container, spec, args.no_plugin)
-
-
-async def _run_container(spec: ContainerSpec, disabled: list[str]) -> int:
-    import signal
-
-    import anyio
-
-    from vortex.runtime import Runtime
-
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
-    async with Runtime(disabled_plugins=disabled) as runtime:
-        # Listen before the start so a signal that arrives meanwhile is not lost.
-        with anyio.open_signal_receiver(*forwarded) as signals:
-            container = await runtime.start(spec)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_forward_signals, signals, container)
-                result = await container.wait()
-                tg.cancel_scope.cancel()
-    if result.oom_killed:
-        print(f"vortex: container {result.name} {result.describe()}", file=sys.stderr)
-    return result.status if result.error is None else EXIT_RUNTIME_ERROR
-
-
-async def _forward_signals(signals: object, container: Container) -> None:
-    import signal
-
-    from vortex.terminal import window_size
-
-    async for signum in signals:  # type: ignore[attr-defined]
-        if signum == signal.SIGWINCH:
-            size = window_size(1) or window_size(0)
-            if size:
-                container.resize(*size)
-        else:
-            container.kill(signum)
 
 
 if __name__ == "__main__":
