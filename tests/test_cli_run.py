@@ -342,3 +342,45 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_lifecycle_events_as_json_lines(rootfs: Path) -> None:
+    import json
+
+    proc = run_vortex(
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+        "run",
+        "--name",
+        "ev",
+        str(rootfs),
+        "/bin/sh",
+        "-c",
+        "exit 4",
+    )
+    assert proc.returncode == 4
+    events = [json.loads(line) for line in proc.stderr.decode().splitlines()]
+    assert [e["event"] for e in events] == [
+        "container.created",
+        "container.started",
+        "container.exited",
+    ]
+    assert all(e["name"] == "ev" and e["level"] == "info" and "timestamp" in e for e in events)
+    exited = events[-1]
+    assert exited["exit_code"] == 4 and exited["oom_killed"] is False
+    assert exited["wall_time"] > 0 and exited["memory_peak"] > 0
+
+
+def test_default_log_level_is_quiet(rootfs: Path) -> None:
+    proc = sh(rootfs, "true")
+    assert proc.returncode == 0 and proc.stderr == b""
+
+
+def test_bad_log_level(rootfs: Path) -> None:
+    proc = run_vortex("--log-level", "loud", "run", str(rootfs), "/bin/true")
+    assert proc.returncode == 125
+    assert proc.stderr.decode().strip() == (
+        "vortex: log level 'loud' is unknown: use one of debug, info, warning, error, critical"
+    )
