@@ -178,8 +178,9 @@ def test_cpu_limit_is_written(rootfs: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_container_is_in_its_cgroup_from_the_start(rootfs: Path) -> None:
-    # The cgroup namespace makes the container's cgroup its root: '/' everywhere.
+def test_cgroup_namespace_hides_the_host_hierarchy(rootfs: Path) -> None:
+    # The container's cgroup is the root of its cgroup namespace: '/' everywhere,
+    # where the host would show /vortex/<id> (see test_runtime for the host side).
     proc = sh(rootfs, "cat /proc/1/cgroup")
     assert proc.returncode == 0
     for line in proc.stdout.decode().splitlines():

@@ -174,3 +174,60 @@ async def test_runtime_needs_root(rootfs: Path) -> None:
     proc = await anyio.run_process(["python3", "-c", code], check=False)
     assert b"refused: vortex needs root" in proc.stdout, proc.stderr
     assert os.geteuid() == 0
+
+
+async def test_init_is_in_its_cgroup_before_the_command_runs(rootfs: Path) -> None:
+    seen: dict[str, str] = {}
+
+    class Probe:
+        @vortex.hookimpl
+        def vortex_post_cgroup(self, container: vortex.Container) -> None:
+            # The init is blocked on the sync pipe here: not one instruction of the
+            # user's command has run yet.
+            with open(f"/proc/{container.pid}/cgroup") as f:
+                seen["post_cgroup"] = f.read()
+            seen["id"] = container.id
+
+    async with vortex.Runtime(plugins=[Probe()]) as rt:
+        result = await rt.run(spec(rootfs, "cat /proc/1/cgroup"))
+    memory_line = next(
+        line for line in seen["post_cgroup"].splitlines() if line.split(":")[1] in ("memory", "")
+    )
+    assert memory_line.endswith(f"/vortex/{seen['id']}"), seen["post_cgroup"]
+    # Inside, the cgroup namespace makes that cgroup the root.
+    assert result.stdout is not None
+    assert all(line.endswith(":/") for line in result.stdout.decode().splitlines())
+
+
+async def test_written_files_are_private_to_each_container(rootfs: Path) -> None:
+    from vortex.ops import WriteFile
+
+    class Motd:
+        @vortex.hookimpl
+        def vortex_pre_pivot(self, container: vortex.Container) -> list[WriteFile]:
+            return [
+                WriteFile("/etc/motd", f"hello {container.name}\n".encode(), 0o640),
+                WriteFile("/etc/hostname", container.name.encode()),
+            ]
+
+    (rootfs / "etc" / "hostname").write_text("original\n")
+    outputs: dict[str, bytes | None] = {}
+
+    async def one(rt: vortex.Runtime, name: str) -> None:
+        result = await rt.run(
+            spec(
+                rootfs,
+                "sleep 0.2; cat /etc/motd; stat -c %a /etc/motd; cat /etc/hostname",
+                name=name,
+            )
+        )
+        outputs[name] = result.stdout
+
+    async with vortex.Runtime(plugins=[Motd()]) as rt, anyio.create_task_group() as tg:
+        for name in ("one", "two"):
+            tg.start_soon(one, rt, name)
+    assert outputs == {"one": b"hello one\n640\none", "two": b"hello two\n640\ntwo"}
+    # The rootfs itself: the existing file is untouched, the new one is only a mount point.
+    assert (rootfs / "etc" / "hostname").read_text() == "original\n"
+    assert (rootfs / "etc" / "motd").read_bytes() == b""
+    assert not (rootfs / "dev" / ".vortex-files").exists()

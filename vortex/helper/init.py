@@ -104,8 +104,12 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     # close at exec, or the Runtime would only learn "exec succeeded" at exit.
     os.set_inheritable(fds["errors"], False)
     # The helper ignores SIGINT; an exec'd command must start with default dispositions.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
+    # execve keeps ignored signals ignored: CPython ignores SIGPIPE and SIGXFSZ, the
+    # helper SIGINT.  The command must start with every disposition at its default.
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     if os.read(fds["sync"], 1) != b"\x01":
@@ -221,6 +225,8 @@ def _setup_mounts(rootfs: str, plan_ops: Sequence[ops.SetupOp]) -> None:
 
     for op in plan_ops:
         _apply(rootfs, op)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(os.path.join(rootfs, _STAGING))
 
 
 def _setup_dev(dev: str) -> None:
@@ -275,16 +281,7 @@ def _apply(rootfs: str, op: ops.SetupOp) -> None:
             _ensure_dir(path)
             _mount(fstype, path, fstype, flags, options)
         case ops.WriteFile(path=path, content=content, mode=mode):
-            host_path = _inside(rootfs, path)
-            _ensure_dir(os.path.dirname(host_path))
-            try:
-                fd = os.open(host_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-                try:
-                    os.write(fd, content)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise InitFailure(f"write {path}: {_strerror(exc)}") from None
+            _write_private_file(rootfs, path, content, mode)
         case ops.MakeDirectory(path=path, mode=mode):
             _ensure_dir(_inside(rootfs, path), mode)
         case ops.Symlink(target=target, path=path):
@@ -298,6 +295,41 @@ def _apply(rootfs: str, op: ops.SetupOp) -> None:
             _loopback_up()
         case _:
             raise InitFailure(f"unknown setup operation {op!r}")
+
+
+_STAGING = "dev/.vortex-files"
+"""Where WriteFile contents are staged: inside the container's own /dev tmpfs."""
+
+
+def _write_private_file(rootfs: str, path: str, content: bytes, mode: int) -> None:
+    """Make ``path`` show ``content`` to this container only.
+
+    The rootfs directory may be shared by many containers (or read-only), so the
+    content is written to a file on the container's private /dev tmpfs and bind
+    mounted over the target; the staging name is unlinked at once (the mount
+    keeps the inode).  Only a missing target leaves a trace in the rootfs: an
+    empty file to mount on, as every runtime creates mount points.
+    """
+    target = _inside(rootfs, path)
+    staging_dir = os.path.join(rootfs, _STAGING)
+    try:
+        os.makedirs(staging_dir, mode=0o700, exist_ok=True)
+        staged = os.path.join(staging_dir, str(len(os.listdir(staging_dir))))
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, content)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        if os.path.isdir(target):
+            raise InitFailure(f"write {path}: is a directory")
+        if not os.path.lexists(target):
+            _ensure_dir(os.path.dirname(target))
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except OSError as exc:
+        raise InitFailure(f"write {path}: {_strerror(exc)}") from None
+    _mount(staged, target, None, L.MS_BIND)
+    os.unlink(staged)
 
 
 def _loopback_up() -> None:
