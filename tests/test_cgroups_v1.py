@@ -18,7 +18,7 @@ import pytest
 
 from vortex.cgroups import CgroupError, Limits, MissingControllerError, detect
 from vortex.cgroups._common import find_v1_hierarchies, parse_flat_keyed
-from vortex.cgroups.v1 import CONTROLLERS, V1Backend, V1Cgroup
+from vortex.cgroups.v1 import CONTROLLERS, ON_DEMAND, V1Backend, V1Cgroup
 
 MiB = 1 << 20
 
@@ -97,7 +97,9 @@ def test_detect_returns_v1() -> None:
     assert backend.version == 1
     assert backend.parent == "vortex"
     # Whatever is mounted here, the paths are the ones mountinfo lists.
-    assert backend.hierarchies == {c: HIERARCHIES[c] for c in CONTROLLERS if c in HIERARCHIES}
+    assert backend.hierarchies == {
+        c: HIERARCHIES[c] for c in CONTROLLERS + ON_DEMAND if c in HIERARCHIES
+    }
 
 
 def test_create_apply_attach(backend: V1Backend, spawn: Spawn) -> None:
@@ -121,7 +123,8 @@ def test_create_apply_attach(backend: V1Backend, spawn: Spawn) -> None:
     assert cgroup.procs() == [proc.pid]
     placement = cgroup_lines(proc.pid)
     for controller in backend.hierarchies:
-        assert placement[controller] == f"/{backend.parent}/c1", controller
+        if controller in CONTROLLERS:  # not the on-demand ones no limit asked for
+            assert placement[controller] == f"/{backend.parent}/c1", controller
 
 
 def test_create_twice_fails_and_keeps_the_first(backend: V1Backend) -> None:
@@ -291,7 +294,7 @@ def test_open_and_names(backend: V1Backend) -> None:
     backend.create("a")
     assert backend.names() == ["a", "b"]
     opened = backend.open("a")
-    mounts = dict.fromkeys(backend.hierarchies.values())
+    mounts = dict.fromkeys(m for c, m in backend.hierarchies.items() if c in CONTROLLERS)
     assert opened.paths == [os.path.join(m, backend.parent, "a") for m in mounts]
 
 

@@ -302,16 +302,41 @@ def test_remove_leaves_nothing_and_is_idempotent(backend: V2Backend, spawn: Spaw
 
 
 def test_missing_controller(backend: V2Backend) -> None:
-    """Take pids away from the parent's subtree_control: the kernel then hides it."""
+    """A controller the kernel does not offer: named with the flag, nothing written."""
+    cgroup = backend.create("nosuch")
+    with pytest.raises(MissingControllerError, match=r"'nosuch' controller.*--cgroup-conf"):
+        cgroup.apply(Limits(memory=64 * MiB, unified={"nosuch.max": "1"}))
+    assert read(cgroup, "memory.max") == "max"  # checked before anything was written
+
+
+def test_controllers_are_enabled_on_demand(backend: V2Backend) -> None:
+    """Take pids away from the parent: apply() delegates it again when a limit needs it."""
     cgroup = backend.create("nopids")
-    with open(os.path.join(backend.parent_path, "cgroup.subtree_control"), "w") as f:
+    control = os.path.join(backend.parent_path, "cgroup.subtree_control")
+    with open(control, "w") as f:
         f.write("-pids")
     assert "pids" not in cgroup.controllers()
-    with pytest.raises(MissingControllerError, match="'pids' controller"):
-        cgroup.apply(Limits(memory=64 * MiB, pids=5))
-    assert read(cgroup, "memory.max") == "max"  # checked before anything was written
     cgroup.apply(Limits(memory=64 * MiB))
-    assert read(cgroup, "memory.max") == str(64 * MiB)
-    # The next create() delegates pids again.
-    other = backend.create("again")
-    assert "pids" in other.controllers()
+    assert "pids" not in cgroup.controllers()  # not needed, not enabled
+    cgroup.apply(Limits(pids=5))
+    assert read(cgroup, "pids.max") == "5"
+    with open(control) as f:
+        assert parse_controllers(f.read()) == {"memory", "pids", "cpu"}
+    cgroup.apply(Limits(cpuset_cpus="0"))
+    with open(control) as f:
+        assert "cpuset" in parse_controllers(f.read())
+    assert read(cgroup, "cpuset.cpus") == "0"
+
+
+def test_freeze_and_thaw(backend: V2Backend, spawn: Spawn) -> None:
+    cgroup = backend.create("freeze")
+    proc = spawn(["sleep", "30"])
+    cgroup.attach(proc.pid)
+    cgroup.freeze()
+    assert cgroup.frozen()
+    assert "frozen 1" in read(cgroup, "cgroup.events")
+    cgroup.thaw()
+    assert not cgroup.frozen()
+    cgroup.freeze()
+    cgroup.kill()  # cgroup.kill works on a frozen cgroup
+    assert proc.wait(timeout=30) == -signal.SIGKILL

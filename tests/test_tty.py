@@ -20,6 +20,7 @@ class Terminal:
     def __init__(self, argv: list[str]) -> None:
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+        self.initial_attributes = termios.tcgetattr(slave)
         self.proc = subprocess.Popen(
             argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
         )
@@ -46,6 +47,14 @@ class Terminal:
                 self.seen += chunk
         before, _, self.seen = self.seen.partition(needle)
         return before
+
+    def close_keeping_master(self) -> int:
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
 
     def close(self) -> int:
         try:
@@ -89,12 +98,8 @@ def test_interactive_shell(rootfs: Path) -> None:
 
 def test_terminal_is_restored_after_exit(rootfs: Path) -> None:
     term = Terminal([*VORTEX, "run", str(rootfs), "/bin/sh", "-c", "echo done"])
-    try:
-        term.expect(b"done")
-        assert term.close() == 0
-    finally:
-        pass
-    # The relay put the caller's terminal in raw mode; it must be back to cooked.
-    master, slave = os.openpty()
-    os.close(master)
-    os.close(slave)
+    term.expect(b"done")
+    assert term.close_keeping_master() == 0
+    # The relay put the caller's terminal in raw mode; it is back to what it was.
+    assert termios.tcgetattr(term.master) == term.initial_attributes
+    os.close(term.master)

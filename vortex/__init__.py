@@ -25,6 +25,7 @@ _EXPORTS = {
     "Resources": "vortex.spec",
     "Stdio": "vortex.spec",
     "User": "vortex.spec",
+    "SecurityOptions": "vortex.security.options",
     "RunResult": "vortex.result",
     "hookimpl": "vortex.hookspecs",
     "configure_logging": "vortex.log",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from vortex.log import configure_logging as configure_logging
     from vortex.result import RunResult as RunResult
     from vortex.runtime import Runtime as Runtime
+    from vortex.security.options import SecurityOptions as SecurityOptions
     from vortex.spec import ContainerSpec as ContainerSpec
     from vortex.spec import Resources as Resources
     from vortex.spec import Stdio as Stdio

@@ -20,11 +20,44 @@ from vortex.errors import VortexError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("vortex.run_command", "run a command in a new container"),
     "rootfs": ("vortex.rootfs.cli", "build a root filesystem"),
+    "supervise": ("vortex.supervise.cmd_supervise", "supervise the containers of a TOML file"),
+    "ps": ("vortex.supervise.cmd_ps", "list the supervisor's containers"),
+    "stop": ("vortex.supervise.cmd_stop", "stop a supervised container"),
+    "start": ("vortex.supervise.cmd_start", "start a supervised container"),
+    "restart": ("vortex.supervise.cmd_restart", "restart a supervised container"),
+    "logs": ("vortex.supervise.cmd_logs", "print a supervised container's log"),
+    "events": ("vortex.supervise.cmd_events", "stream the supervisor's events (JSON lines)"),
+    "status": ("vortex.supervise.cmd_status", "show the supervisor's status"),
 }
 """Subcommand name → (module, one-line help)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+GLOBAL_OPTIONS_WITH_VALUE = frozenset({"--log-level", "--log-format"})
+
+
+def requested_subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, or None (``vortex --help``, a typo, nothing).
+
+    Skips the global options (and the values of those that take one, also when
+    abbreviated as argparse allows); the first other word is the subcommand.
+    """
+    words = iter(argv)
+    for word in words:
+        if word.startswith("--") and any(o.startswith(word) for o in GLOBAL_OPTIONS_WITH_VALUE):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, just that subcommand's arguments are configured.
+
+    Configuring a subcommand imports its module (and its options' modules):
+    ``vortex run`` must not pay for the supervisor's.  The other subcommands
+    are still listed, with their one-line help, so ``vortex --help`` and
+    argparse's "invalid choice" message are the same either way.
+    """
     parser = argparse.ArgumentParser(
         prog="vortex", description="Run Linux containers (namespaces, cgroups, pivot_root)."
     )
@@ -41,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).configure_parser(command)
+        if only is None or only == name:
+            importlib.import_module(module).configure_parser(command)
     return parser
 
 
@@ -50,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(requested_subcommand(words) or "").parse_args(words)
     try:
         from vortex.log import configure_logging
 

@@ -7,24 +7,29 @@ import fcntl
 import signal
 import struct
 import termios
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
 
+from vortex.errors import ContainerStateError
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec
 
 if TYPE_CHECKING:
-    from vortex.cgroups.base import Cgroup
+    from vortex.cgroups.base import Cgroup, CgroupStats
+    from vortex.cgroups.oom import OomWatch
 
 
 class Container:
     """A container started by a :class:`vortex.Runtime`.
 
     ``state`` goes ``creating`` → ``created`` (cloned, held before setup) →
-    ``running`` (the command was executed) → ``exited``.  The Runtime reaps the
-    init in its own task; :meth:`wait` returns the :class:`RunResult`.
+    ``running`` (the command was executed) → ``exited``; :meth:`pause` and
+    :meth:`resume` go to ``paused`` and back.  The Runtime reaps the init in its
+    own task; :meth:`wait` returns the :class:`RunResult`.
     """
 
     def __init__(self, spec: ContainerSpec, container_id: str, name: str, hostname: str) -> None:
@@ -49,6 +54,11 @@ class Container:
         """Scratch space for plugins, keyed by plugin name."""
         self._exited = anyio.Event()
         self._result: RunResult | None = None
+        self.oom_kills = 0
+        """Processes of this container the OOM killer killed so far (live, v1 and v2)."""
+        self._oom_subscribers: list[MemoryObjectSendStream[int]] = []
+        self._oom_watch: OomWatch | None = None
+        """The OOM notification fd, owned by the Runtime (opened at create, closed at exit)."""
 
     def __repr__(self) -> str:
         return f"<Container {self.name} {self.state} pid={self.pid}>"
@@ -82,6 +92,32 @@ class Container:
             with contextlib.suppress(Exception):
                 self.cgroup.kill()
 
+    def stats(self) -> CgroupStats:
+        """The live counters of a running container's cgroup (memory, CPU, throttling,
+        pids, I/O).  ContainerStateError once it has exited: see :attr:`result`."""
+        if self.cgroup is None or self.pidfd is None:
+            raise ContainerStateError(f"container {self.name} is not running: no stats")
+        return self.cgroup.stats()
+
+    async def pause(self) -> None:
+        """Freeze every process of the container (v2 ``cgroup.freeze``, v1 freezer).
+
+        Returns once the kernel reports the cgroup frozen; ``state`` becomes
+        ``paused``.  Signals stay pending until :meth:`resume`; :meth:`kill_all`
+        still works on a paused container.
+        """
+        if self.cgroup is None or self.pidfd is None or self.state != "running":
+            raise ContainerStateError(f"cannot pause container {self.name}: it is {self.state}")
+        await anyio.to_thread.run_sync(self.cgroup.freeze)
+        self.state = "paused"
+
+    async def resume(self) -> None:
+        """Thaw a container frozen by :meth:`pause`; ``state`` goes back to ``running``."""
+        if self.cgroup is None or self.pidfd is None or self.state != "paused":
+            raise ContainerStateError(f"cannot resume container {self.name}: it is {self.state}")
+        await anyio.to_thread.run_sync(self.cgroup.thaw)
+        self.state = "running"
+
     async def stop(self, grace_period: float = 10.0, sig: int = signal.SIGTERM) -> RunResult:
         """Graceful stop: ``sig``, then SIGKILL after ``grace_period`` seconds."""
         self.kill(sig)
@@ -98,7 +134,37 @@ class Container:
                     self.terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0)
                 )
 
+    async def oom_events(self) -> AsyncIterator[int]:
+        """Yield the ``oom_kills`` count each time the OOM killer strikes in this container.
+
+        First the count so far, if it is not 0; then each new count.
+        Notified by the kernel (inotify on v2 ``memory.events``, an eventfd on
+        v1), not polled; the iteration ends when the container has exited.  A
+        process killed while PID 1 lives on shows up here and in the
+        ``container.oom`` log event, not in the final result's ``oom_killed``.
+        """
+        send, receive = anyio.create_memory_object_stream[int](16)
+        if self.oom_kills:
+            send.send_nowait(self.oom_kills)  # what happened before the call
+        if self._exited.is_set():
+            send.close()
+        else:
+            self._oom_subscribers.append(send)
+        async with receive:
+            async for count in receive:
+                yield count
+
+    def _report_oom(self, count: int) -> None:
+        """Called by the Runtime's OOM watcher with the new ``oom_kill`` count."""
+        self.oom_kills = count
+        for send in self._oom_subscribers:
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                send.send_nowait(count)
+
     def _finish(self, result: RunResult) -> None:
+        for send in self._oom_subscribers:
+            send.close()
+        self._oom_subscribers.clear()
         self._result = result
         self.state = "exited"
         self._exited.set()

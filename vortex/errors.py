@@ -40,6 +40,10 @@ class MissingControllerError(CgroupError):
     """A requested limit needs a cgroup controller that is not available."""
 
 
+class ContainerStateError(VortexError):
+    """The operation does not fit the container's state (pausing an exited one)."""
+
+
 class HelperError(VortexError):
     """The fork helper died or answered with an error."""
 

@@ -11,6 +11,7 @@ Lifecycle of one container, and where each hook runs::
     ---------------------                     ------------------------------
     vortex_prepare(container)
     vortex_pre_pivot(container) -> ops
+    vortex_security(container, policy)
     clone3 ------------------------------->   waits on the sync pipe
     (cgroup placement)
     vortex_post_cgroup(container)
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from vortex.container import Container
     from vortex.ops import SetupOp
     from vortex.result import RunResult
+    from vortex.security.policy import SecurityPolicy
 
 PROJECT = "vortex"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -81,6 +83,25 @@ def vortex_pre_pivot(container: Container) -> Sequence[SetupOp] | None:
 
     :param container: the container being started.
     :return: a sequence of operations, or ``None``.
+    """
+
+
+@hookspec
+def vortex_security(container: Container, policy: SecurityPolicy) -> None:
+    """Decide the container's capabilities, seccomp filter, masked paths and rlimits.
+
+    Runs in the Runtime (synchronous only), before the clone, after
+    ``vortex_pre_pivot``.  ``policy`` starts *unconfined* (every capability, no
+    filter, nothing masked); edit it in place.  The built-in ``security``
+    plugin runs first (``tryfirst``) and fills in the defaults from
+    ``container.spec.security``, so later implementations see them and may
+    tighten or relax them.  The init applies the result: masked and read-only
+    paths after ``pivot_root``, rlimits, capabilities after the user switch,
+    then no_new_privs and the seccomp filter as the last steps before
+    ``execve``.  Do not perform side effects here.
+
+    :param container: the container being started.
+    :param policy: the :class:`vortex.security.SecurityPolicy` to edit in place.
     """
 
 

@@ -22,6 +22,7 @@ from vortex.helper.client import ForkHelper
 from vortex.helper.init import decode_failure
 from vortex.helper.plan import InitPlan, SpawnRequest
 from vortex.ops import SetupOp
+from vortex.security.policy import InitSecurity
 from vortex.spec import Stdio
 from vortex.streams import FdReceiveStream, FdSendStream, read_all
 from vortex.terminal import relay, window_size
@@ -56,7 +57,7 @@ class Launch:
 
     # ------------------------------------------------------------------ clone
 
-    async def clone(self, plan_ops: list[SetupOp]) -> None:
+    async def clone(self, plan_ops: list[SetupOp], security: InitSecurity | None = None) -> None:
         container, spec = self.container, self.container.spec
         sync_r, self._sync_w = os.pipe2(os.O_CLOEXEC)
         self._child_ends.append(sync_r)
@@ -87,10 +88,12 @@ class Launch:
             hostname=container.hostname,
             tty=spec.tty,
             ops=tuple(plan_ops),
+            security=security,
         )
         request = SpawnRequest(
             plan=plan,
-            clone_flags=NAMESPACE_FLAGS,
+            clone_flags=NAMESPACE_FLAGS
+            | (L.CLONE_NEWUSER if security is not None and security.userns else 0),
             has_console_socket=self._console is not None,
             has_cgroup_fd=cgroup_fd is not None,
         )

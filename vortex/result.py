@@ -28,6 +28,17 @@ class RunResult:
     """CPU seconds used by every process of the container (from its cgroup)."""
     memory_peak: int | None = None
     """Highest memory use of the container in bytes (from its cgroup)."""
+    oom_kills: int = 0
+    """How many processes the OOM killer killed (also ones PID 1 survived)."""
+    pids_peak: int | None = None
+    """Highest number of tasks (v2 ``pids.peak``; None on v1)."""
+    cpu_throttled_periods: int | None = None
+    """CFS periods in which the container was throttled by its ``cpus`` limit."""
+    cpu_throttled_time: float | None = None
+    """Seconds the container spent throttled by its ``cpus`` limit."""
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    """Bytes read from / written to block devices (v2 ``io.stat``, v1 blkio)."""
     stdout: bytes | None = None
     stderr: bytes | None = None
     error: str | None = None

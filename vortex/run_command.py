@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vortex.errors import EXIT_RUNTIME_ERROR
 
@@ -45,6 +45,12 @@ def configure_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--no-plugin", action="append", default=[], metavar="NAME", help="disable a plugin"
     )
+    from vortex.security.cli import add_arguments as add_security_arguments
+
+    add_security_arguments(run)
+    from vortex.cgroups.options import add_arguments as add_cgroup_arguments
+
+    add_cgroup_arguments(run)
     run.add_argument("rootfs", help="root filesystem directory")
     run.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
 
@@ -53,6 +59,7 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     from pathlib import Path
 
     from vortex.errors import SpecError
+    from vortex.security.cli import options_from_args as security_options_from_args
     from vortex.spec import (
         DEFAULT_MEMORY_LIMIT,
         ContainerSpec,
@@ -67,15 +74,25 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
 
     if not args.command:
         raise SpecError("no command given: write 'vortex run ROOTFS COMMAND [ARG...]'")
+    from vortex.cgroups.options import resources_from_args
+
+    cgroup_resources = resources_from_args(args)
     resources = Resources(
         memory=parse_memory(args.memory) if args.memory is not None else DEFAULT_MEMORY_LIMIT,
         pids=parse_pids(args.pids) if args.pids is not None else None,
         cpus=parse_cpus(args.cpus) if args.cpus is not None else None,
+        **cgroup_resources,
     )
-    explicit = args.memory is not None or args.pids is not None or args.cpus is not None
+    explicit = (
+        args.memory is not None
+        or args.pids is not None
+        or args.cpus is not None
+        or bool(cgroup_resources)
+    )
     if "limits" in args.no_plugin and explicit:
         raise SpecError(
-            "--memory/--pids/--cpus need the 'limits' plugin, which --no-plugin disabled"
+            "--memory/--pids/--cpus and the other cgroup limits need the 'limits' plugin, "
+            "which --no-plugin disabled"
         )
     tty = args.tty if args.tty is not None else (os.isatty(0) and os.isatty(1))
     return ContainerSpec(
@@ -88,6 +105,7 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
         name=args.name,
         resources=resources,
         tty=tty,
+        security=security_options_from_args(args),
     )
 
 
@@ -102,10 +120,12 @@ def main(args: argparse.Namespace) -> int:
 
     spec = _spec_from_args(args)
     spec.validate()  # before any process or cgroup exists
-    return anyio.run(_run_container, spec, args.no_plugin)
+    return anyio.run(_run_container, spec, args.no_plugin, args.cgroup_parent)
 
 
-async def _run_container(spec: ContainerSpec, disabled: list[str]) -> int:
+async def _run_container(
+    spec: ContainerSpec, disabled: list[str], cgroup_parent: str | None = None
+) -> int:
     import signal
 
     import anyio
@@ -113,7 +133,8 @@ async def _run_container(spec: ContainerSpec, disabled: list[str]) -> int:
     from vortex.runtime import Runtime
 
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
-    async with Runtime(disabled_plugins=disabled) as runtime:
+    options: dict[str, Any] = {} if cgroup_parent is None else {"cgroup_parent": cgroup_parent}
+    async with Runtime(disabled_plugins=disabled, **options) as runtime:
         # Listen before the start so a signal that arrives meanwhile is not lost.
         with anyio.open_signal_receiver(*forwarded) as signals:
             container = await runtime.start(spec)

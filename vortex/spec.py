@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vortex.cgroups.base import DeviceLimit
 from vortex.errors import SpecError
+from vortex.security.options import SecurityOptions
 
 DEFAULT_MEMORY_LIMIT = 100 * 1024 * 1024
 """The original runtime's default memory limit: 100 MB."""
@@ -43,11 +45,30 @@ class Stdio(enum.Enum):
 
 @dataclass(frozen=True)
 class Resources:
-    """Limits for the container's cgroup.  ``None`` means unlimited."""
+    """Limits for the container's cgroup.  ``None`` (or empty) means unlimited.
+
+    The fields after ``cpus`` are those of :class:`vortex.cgroups.Limits`;
+    docs/cgroups.md maps each to its flag and its v2/v1 files.
+    """
 
     memory: int | None = DEFAULT_MEMORY_LIMIT
     pids: int | None = None
     cpus: float | None = None
+    memory_high: int | None = None
+    memory_swap: int | None = None
+    """Memory plus swap (docker's --memory-swap); -1: unlimited swap."""
+    memory_reservation: int | None = None
+    cpu_shares: int | None = None
+    cpuset_cpus: str | None = None
+    cpuset_mems: str | None = None
+    blkio_weight: int | None = None
+    device_read_bps: tuple[DeviceLimit, ...] = ()
+    device_write_bps: tuple[DeviceLimit, ...] = ()
+    device_read_iops: tuple[DeviceLimit, ...] = ()
+    device_write_iops: tuple[DeviceLimit, ...] = ()
+    hugetlb: tuple[tuple[str, int], ...] = ()
+    unified: Mapping[str, str] = field(default_factory=dict)
+    """Raw cgroup v2 files and values, e.g. ``{"memory.min": "67108864"}``."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,8 @@ class ContainerSpec:
     """INHERIT, NULL, STREAM, or bytes to feed on stdin."""
     stdout: Stdio = Stdio.INHERIT
     stderr: Stdio = Stdio.INHERIT
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+    """Capabilities, seccomp, no_new_privs, masked paths, rlimits (docs/security.md)."""
 
     def validate(self) -> None:
         """Raise SpecError for anything the kernel would reject later, and worse."""
@@ -118,6 +141,7 @@ class ContainerSpec:
             raise SpecError(f"cpus {res.cpus} is out of range: use a positive number like 0.5")
         if self.tty and not isinstance(self.stdin, Stdio):
             raise SpecError("tty=True cannot be combined with stdin bytes")
+        self.security.validate()
 
 
 def parse_size(text: str, *, option: str) -> int:

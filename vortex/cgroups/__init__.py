@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from vortex.cgroups._common import DEFAULT_PARENT, DEFAULT_ROOT, find_v1_hierarchies
-from vortex.cgroups.base import Cgroup, CgroupBackend, CgroupStats, Limits
+from vortex.cgroups.base import Cgroup, CgroupBackend, CgroupStats, DeviceLimit, Limits
 from vortex.errors import CgroupError, MissingControllerError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "CgroupBackend",
     "CgroupError",
     "CgroupStats",
+    "DeviceLimit",
     "Limits",
     "MissingControllerError",
     "detect",
@@ -29,15 +30,21 @@ __all__ = [
 def detect(root: str = DEFAULT_ROOT, parent: str = DEFAULT_PARENT) -> CgroupBackend:
     """The backend for this host: v2 on a pure unified host, else v1.
 
+    ``parent`` is a path below the root, or ``auto``: on v2, a cgroup systemd
+    delegated to us when we run in one (see :func:`vortex.cgroups.v2.resolve_parent`),
+    else ``vortex``.
+
     ``root`` is a cgroup2 mount exactly when it has ``cgroup.controllers``.  A
     hybrid host (v1 controllers under ``root/<ctrl>`` and a mostly empty
     cgroup2 at ``root/unified``) has no such file at ``root`` and uses v1,
     because the controllers that enforce limits are bound to v1 there.
     """
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
-        from vortex.cgroups.v2 import V2Backend
+        from vortex.cgroups.v2 import V2Backend, resolve_parent
 
-        return V2Backend(root, parent)
+        return V2Backend(root, resolve_parent(root, parent))
+    if parent == "auto":
+        parent = DEFAULT_PARENT
     hierarchies = find_v1_hierarchies(root)
     if "memory" in hierarchies:
         from vortex.cgroups.v1 import V1Backend

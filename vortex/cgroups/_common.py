@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from vortex.cgroups.base import Limits
+from vortex.cgroups.base import DeviceLimit, Limits
 from vortex.errors import CgroupError
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
@@ -242,6 +242,7 @@ def normalize_parent(parent: str) -> str:
 
 def check_limits(limits: Limits) -> None:
     """Reject values the kernel would refuse with a bare EINVAL, before writing anything."""
+    _check_extended_limits(limits)
     if limits.memory is not None and (isinstance(limits.memory, bool) or limits.memory <= 0):
         raise CgroupError(f"invalid memory limit {limits.memory!r}: use a positive number of bytes")
     if limits.pids is not None and (isinstance(limits.pids, bool) or limits.pids <= 0):
@@ -404,3 +405,250 @@ def wait_until(condition_met: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+# --------------------------------------------------------------------------
+# The full limit set: validation and the files each backend writes
+
+CPU_SHARES_MIN, CPU_SHARES_MAX = 2, 262144
+BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX = 10, 1000
+
+
+def cpu_weight_from_shares(shares: int) -> int:
+    """v2 ``cpu.weight`` (1..10000) for v1 ``cpu.shares`` (2..262144), as runc and crun map it."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def io_weight_from_blkio(weight: int) -> int:
+    """v2 ``io.weight`` (1..10000) for v1 ``blkio.weight`` (10..1000), as runc maps it."""
+    return 1 + ((weight - 10) * 9999) // 990
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and (isinstance(value, bool) or value <= 0):
+        raise CgroupError(f"invalid {flag} {value!r}: use a positive number of bytes")
+
+
+def _check_extended_limits(limits: Limits) -> None:
+    _positive(limits.memory_high, "--memory-high")
+    _positive(limits.memory_reservation, "--memory-reservation")
+    if limits.memory_swap is not None:
+        if limits.memory is None:
+            raise CgroupError("--memory-swap needs --memory: it is the total of memory and swap")
+        if limits.memory_swap != -1 and limits.memory_swap < limits.memory:
+            raise CgroupError(
+                f"invalid --memory-swap {limits.memory_swap}: it is memory plus swap, so it "
+                f"must be at least --memory ({limits.memory}), or -1 for unlimited swap"
+            )
+    if limits.cpu_shares is not None and not (
+        CPU_SHARES_MIN <= limits.cpu_shares <= CPU_SHARES_MAX
+    ):
+        raise CgroupError(
+            f"invalid --cpu-shares {limits.cpu_shares}: use {CPU_SHARES_MIN}..{CPU_SHARES_MAX}"
+        )
+    if limits.blkio_weight is not None and not (
+        BLKIO_WEIGHT_MIN <= limits.blkio_weight <= BLKIO_WEIGHT_MAX
+    ):
+        raise CgroupError(
+            f"invalid --blkio-weight {limits.blkio_weight}: use "
+            f"{BLKIO_WEIGHT_MIN}..{BLKIO_WEIGHT_MAX}"
+        )
+    for key, value in limits.unified.items():
+        if "/" in key or key.startswith(".") or "." not in key or "\0" in key or "\0" in str(value):
+            raise CgroupError(
+                f"invalid unified key {key!r}: use a cgroup v2 file name such as memory.min"
+            )
+    for size, limit in limits.hugetlb:
+        if "/" in size or not size or limit <= 0:
+            raise CgroupError(
+                f"invalid --hugetlb {size}:{limit}: use PAGESIZE:LIMIT such as 2MB:64M"
+            )
+
+
+@dataclass(frozen=True)
+class Write:
+    """One value a backend writes for a requested limit.
+
+    ``candidates`` are (file, value) pairs: the first file that exists is
+    written (e.g. ``io.bfq.weight`` before ``io.weight``).  When none exists the
+    limit cannot be applied, and that is an error naming ``flag``, unless
+    ``optional`` (a default Vortex adds on its own, such as ``memory.oom.group``).
+    """
+
+    controller: str | None
+    """The controller that provides the file; None for ``cgroup.*`` core files."""
+    flag: str
+    """The user's request as a flag and value, for error messages."""
+    candidates: tuple[tuple[str, str], ...]
+    optional: bool = False
+
+
+def _one(controller: str | None, flag: str, filename: str, value: object) -> Write:
+    return Write(controller, flag, ((filename, str(value)),))
+
+
+def _device_groups(limits: Limits) -> dict[tuple[int, int], list[tuple[str, DeviceLimit]]]:
+    groups: dict[tuple[int, int], list[tuple[str, DeviceLimit]]] = {}
+    for key, devices in (
+        ("rbps", limits.device_read_bps),
+        ("wbps", limits.device_write_bps),
+        ("riops", limits.device_read_iops),
+        ("wiops", limits.device_write_iops),
+    ):
+        for device in devices:
+            groups.setdefault((device.major, device.minor), []).append((key, device))
+    return groups
+
+
+_DEVICE_FLAGS = {
+    "rbps": ("--device-read-bps", "read_bps_device"),
+    "wbps": ("--device-write-bps", "write_bps_device"),
+    "riops": ("--device-read-iops", "read_iops_device"),
+    "wiops": ("--device-write-iops", "write_iops_device"),
+}
+
+
+def v2_writes(limits: Limits) -> list[Write]:
+    """The cgroup v2 files and values for ``limits``, in the order they are written."""
+    writes: list[Write] = []
+    if limits.memory is not None:
+        writes.append(_one("memory", f"--memory {limits.memory}", "memory.max", limits.memory))
+        if limits.memory_swap is None:
+            # docker's --memory without --memory-swap allows as much swap again.
+            # Vortex allows none: a memory limit means "this much memory", and
+            # swapping the excess out would only turn an OOM kill into a slow
+            # thrash.  Absent without swap accounting: then there is nothing to bound.
+            writes.append(Write("memory", "--memory", (("memory.swap.max", "0"),), optional=True))
+        # On OOM, kill the whole container, not one arbitrary process of it.
+        writes.append(Write("memory", "--memory", (("memory.oom.group", "1"),), optional=True))
+    if limits.memory_swap is not None:
+        assert limits.memory is not None  # check_limits
+        swap = "max" if limits.memory_swap == -1 else str(limits.memory_swap - limits.memory)
+        writes.append(
+            _one("memory", f"--memory-swap {limits.memory_swap}", "memory.swap.max", swap)
+        )
+    if limits.memory_high is not None:
+        writes.append(
+            _one("memory", f"--memory-high {limits.memory_high}", "memory.high", limits.memory_high)
+        )
+    if limits.memory_reservation is not None:
+        flag = f"--memory-reservation {limits.memory_reservation}"
+        writes.append(_one("memory", flag, "memory.low", limits.memory_reservation))
+    if limits.pids is not None:
+        writes.append(_one("pids", f"--pids {limits.pids}", "pids.max", limits.pids))
+    if limits.cpus is not None:
+        writes.append(_one("cpu", f"--cpus {limits.cpus:g}", "cpu.max", cpu_max_value(limits.cpus)))
+    if limits.cpu_shares is not None:
+        weight = cpu_weight_from_shares(limits.cpu_shares)
+        writes.append(_one("cpu", f"--cpu-shares {limits.cpu_shares}", "cpu.weight", weight))
+    if limits.cpuset_cpus is not None:
+        flag = f"--cpuset-cpus {limits.cpuset_cpus}"
+        writes.append(_one("cpuset", flag, "cpuset.cpus", limits.cpuset_cpus))
+    if limits.cpuset_mems is not None:
+        flag = f"--cpuset-mems {limits.cpuset_mems}"
+        writes.append(_one("cpuset", flag, "cpuset.mems", limits.cpuset_mems))
+    if limits.blkio_weight is not None:
+        w = limits.blkio_weight
+        writes.append(
+            Write(
+                "io",
+                f"--blkio-weight {w}",
+                (
+                    ("io.bfq.weight", f"default {w}"),
+                    ("io.weight", f"default {io_weight_from_blkio(w)}"),
+                ),
+            )
+        )
+    for (major, minor), entries in _device_groups(limits).items():
+        flag = ", ".join(f"{_DEVICE_FLAGS[key][0]} {major}:{minor}:{d.rate}" for key, d in entries)
+        value = f"{major}:{minor} " + " ".join(f"{key}={d.rate}" for key, d in entries)
+        writes.append(_one("io", flag, "io.max", value))
+    for size, limit in limits.hugetlb:
+        writes.append(_one("hugetlb", f"--hugetlb {size}:{limit}", f"hugetlb.{size}.max", limit))
+    for key, value in limits.unified.items():
+        controller = key.split(".", 1)[0]
+        writes.append(
+            _one(
+                None if controller == "cgroup" else controller,
+                f"--cgroup-conf {key}={value}",
+                key,
+                value,
+            )
+        )
+    return writes
+
+
+def v1_writes(limits: Limits) -> list[Write]:
+    """The cgroup v1 files for ``limits``, except memory.limit_in_bytes and memsw.
+
+    Those two depend on each other's current values (the kernel insists that
+    memsw >= limit at all times), so the v1 backend writes them itself.
+    Limits without a v1 equivalent raise MissingControllerError here.
+    """
+    from vortex.errors import MissingControllerError
+
+    if limits.memory_high is not None:
+        raise MissingControllerError(
+            f"cannot apply --memory-high {limits.memory_high}: memory.high exists only with "
+            "the cgroup v2 'memory' controller, and this host uses cgroup v1; use --memory"
+        )
+    if limits.unified:
+        keys = ", ".join(sorted(limits.unified))
+        raise MissingControllerError(
+            f"cannot apply the unified (--cgroup-conf) settings {keys}: they need cgroup v2, "
+            "and this host uses cgroup v1"
+        )
+    writes: list[Write] = []
+    if limits.memory_reservation is not None:
+        flag = f"--memory-reservation {limits.memory_reservation}"
+        writes.append(_one("memory", flag, "memory.soft_limit_in_bytes", limits.memory_reservation))
+    if limits.pids is not None:
+        writes.append(_one("pids", f"--pids {limits.pids}", "pids.max", limits.pids))
+    if limits.cpus is not None:
+        flag = f"--cpus {limits.cpus:g}"
+        # Period first: the quota is interpreted relative to it.
+        writes.append(_one("cpu", flag, "cpu.cfs_period_us", CFS_PERIOD_US))
+        writes.append(_one("cpu", flag, "cpu.cfs_quota_us", cfs_quota_us(limits.cpus)))
+    if limits.cpu_shares is not None:
+        flag = f"--cpu-shares {limits.cpu_shares}"
+        writes.append(_one("cpu", flag, "cpu.shares", limits.cpu_shares))
+    if limits.cpuset_cpus is not None:
+        flag = f"--cpuset-cpus {limits.cpuset_cpus}"
+        writes.append(_one("cpuset", flag, "cpuset.cpus", limits.cpuset_cpus))
+    if limits.cpuset_mems is not None:
+        flag = f"--cpuset-mems {limits.cpuset_mems}"
+        writes.append(_one("cpuset", flag, "cpuset.mems", limits.cpuset_mems))
+    if limits.blkio_weight is not None:
+        w = str(limits.blkio_weight)
+        writes.append(
+            Write(
+                "blkio",
+                f"--blkio-weight {w}",
+                (("blkio.bfq.weight", w), ("blkio.weight", w)),
+            )
+        )
+    for key, devices in (
+        ("rbps", limits.device_read_bps),
+        ("wbps", limits.device_write_bps),
+        ("riops", limits.device_read_iops),
+        ("wiops", limits.device_write_iops),
+    ):
+        option, suffix = _DEVICE_FLAGS[key]
+        for d in devices:
+            flag = f"{option} {d.major}:{d.minor}:{d.rate}"
+            value = f"{d.major}:{d.minor} {d.rate}"
+            writes.append(_one("blkio", flag, f"blkio.throttle.{suffix}", value))
+    for size, limit in limits.hugetlb:
+        flag = f"--hugetlb {size}:{limit}"
+        writes.append(_one("hugetlb", flag, f"hugetlb.{size}.limit_in_bytes", limit))
+    return writes
+
+
+def missing_file_message(write: Write, directory: str) -> str:
+    """Why a non-optional Write had no file to go to."""
+    names = " nor ".join(f for f, _ in write.candidates)
+    return (
+        f"cannot apply {write.flag}: {directory} has no {names}; the kernel does not "
+        f"support this setting here (not compiled in, or not offered for this device or "
+        f"page size); run without it"
+    )

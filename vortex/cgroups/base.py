@@ -8,12 +8,26 @@ once by :func:`vortex.cgroups.detect`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DeviceLimit:
+    """An I/O throttle on one block device (``--device-read-bps`` and friends)."""
+
+    major: int
+    minor: int
+    rate: int
+    """Bytes per second (``*_bps``) or operations per second (``*_iops``)."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one container; ``None`` means "no limit"."""
+    """Resource limits of one container; ``None`` (or empty) means "no limit".
+
+    docs/cgroups.md maps every field to its v2 and v1 files and CLI flag.
+    """
 
     memory: int | None = None
     """Hard memory limit in bytes (v2 ``memory.max``, v1 ``memory.limit_in_bytes``)."""
@@ -21,6 +35,29 @@ class Limits:
     """Maximum number of tasks (``pids.max``)."""
     cpus: float | None = None
     """CPU bandwidth in CPUs, e.g. 0.5 (v2 ``cpu.max``, v1 CFS quota/period)."""
+    memory_high: int | None = None
+    """Throttling threshold in bytes (v2 ``memory.high``; no v1 equivalent)."""
+    memory_swap: int | None = None
+    """docker's ``--memory-swap``: memory *plus* swap in bytes, -1 for unlimited swap.
+    None with ``memory`` set means no swap at all (v2 ``memory.swap.max`` 0)."""
+    memory_reservation: int | None = None
+    """Soft guarantee in bytes (v2 ``memory.low``, v1 ``memory.soft_limit_in_bytes``)."""
+    cpu_shares: int | None = None
+    """Relative CPU weight, 2..262144 (v1 ``cpu.shares``; v2 ``cpu.weight`` mapped as runc)."""
+    cpuset_cpus: str | None = None
+    """CPUs allowed, e.g. ``0-1,3`` (``cpuset.cpus``)."""
+    cpuset_mems: str | None = None
+    """Memory nodes allowed (``cpuset.mems``)."""
+    blkio_weight: int | None = None
+    """Relative I/O weight, 10..1000 (v1 ``blkio.weight``; v2 ``io.bfq.weight``/``io.weight``)."""
+    device_read_bps: tuple[DeviceLimit, ...] = ()
+    device_write_bps: tuple[DeviceLimit, ...] = ()
+    device_read_iops: tuple[DeviceLimit, ...] = ()
+    device_write_iops: tuple[DeviceLimit, ...] = ()
+    hugetlb: tuple[tuple[str, int], ...] = ()
+    """(page size as the kernel names it, e.g. ``2MB``, limit in bytes) pairs."""
+    unified: Mapping[str, str] = field(default_factory=dict)
+    """Raw cgroup v2 files and values (``{"memory.min": "1073741824"}``), written last; v2 only."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +72,19 @@ class CgroupStats:
     pids_current: int | None = None
     oom_kills: int = 0
     """Processes killed by the OOM killer inside this cgroup (``oom_kill``, not ``oom``)."""
+    pids_peak: int | None = None
+    """Highest number of tasks (v2 ``pids.peak``, Linux 6.1+; v1 has none)."""
+    cpu_user_time: float | None = None
+    cpu_system_time: float | None = None
+    cpu_throttled_periods: int | None = None
+    """CFS periods in which the cgroup was throttled (``nr_throttled``)."""
+    cpu_throttled_time: float | None = None
+    """Seconds the cgroup spent throttled (``throttled_usec`` / ``throttled_time``)."""
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    """Bytes read/written on block devices (v2 ``io.stat``, v1 ``blkio.throttle.*``)."""
+    memory_stat: Mapping[str, int] = field(default_factory=dict)
+    """The raw ``memory.stat`` counters (anon, file, ...)."""
 
 
 class Cgroup(abc.ABC):
@@ -68,6 +118,18 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def kill(self) -> None:
         """SIGKILL every process in the cgroup."""
+
+    @abc.abstractmethod
+    def freeze(self) -> None:
+        """Stop every process (v2 ``cgroup.freeze``, v1 freezer) and wait until frozen."""
+
+    @abc.abstractmethod
+    def thaw(self) -> None:
+        """Let frozen processes run again."""
+
+    @abc.abstractmethod
+    def frozen(self) -> bool:
+        """True while the cgroup is frozen."""
 
     @abc.abstractmethod
     def remove(self) -> None:

@@ -18,16 +18,15 @@ import time
 from collections.abc import Mapping
 
 from vortex.cgroups._common import (
-    CFS_PERIOD_US,
     DEFAULT_PARENT,
     DEFAULT_ROOT,
     DEFAULT_TIMEOUT,
     attach_pid,
-    cfs_quota_us,
     check_limits,
     check_name,
     find_v1_hierarchies,
     make_dir,
+    missing_file_message,
     normalize_parent,
     parse_flat_keyed,
     parse_int,
@@ -37,6 +36,7 @@ from vortex.cgroups._common import (
     rmdir_tree,
     sigkill_all,
     subtree_pids,
+    v1_writes,
     wait_until,
     write_file,
 )
@@ -44,26 +44,57 @@ from vortex.cgroups.base import Cgroup, CgroupBackend, CgroupStats, Limits
 from vortex.errors import CgroupError, MissingControllerError
 
 CONTROLLERS: tuple[str, ...] = ("memory", "pids", "cpu", "cpuacct", "freezer")
-"""The v1 hierarchies a container cgroup lives in (those that are mounted)."""
+"""The v1 hierarchies every container cgroup lives in (those that are mounted)."""
+ON_DEMAND: tuple[str, ...] = ("cpuset", "blkio", "hugetlb")
+"""Hierarchies a container joins only when a limit needs them (created by apply())."""
 
 FREEZE_TIMEOUT = 1.0
 """How long kill() waits for FROZEN.  A task in uninterruptible sleep can keep the
 freezer in FREEZING; we then send the signals anyway rather than hang."""
 
 
+def parse_blkio_bytes(text: str) -> tuple[int, int]:
+    """Total (read, write) bytes from v1 ``blkio.throttle.io_service_bytes_recursive``."""
+    read = written = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[2].isdigit():
+            if fields[1] == "Read":
+                read += int(fields[2])
+            elif fields[1] == "Write":
+                written += int(fields[2])
+    return read, written
+
+
 class V1Cgroup(Cgroup):
     """One container's directories in the v1 hierarchies."""
 
-    def __init__(self, name: str, dirs: Mapping[str, str], *, timeout: float) -> None:
-        """``dirs`` maps each controller to the container's directory in its hierarchy."""
+    def __init__(
+        self,
+        name: str,
+        dirs: Mapping[str, str],
+        *,
+        timeout: float,
+        mounts: Mapping[str, str] | None = None,
+    ) -> None:
+        """``dirs`` maps each controller to the container's directory in its hierarchy,
+        ``mounts`` to the hierarchy's mount point (default: two levels up)."""
         self.name = name
         self._dirs = dict(dirs)
+        self._mounts = dict(mounts or {})
         self._timeout = timeout
 
     @property
     def paths(self) -> list[str]:
-        """The distinct directories (co-mounted controllers share one), in controller order."""
-        return list(dict.fromkeys(self._dirs.values()))
+        """The distinct directories (co-mounted controllers share one), in controller order.
+
+        On-demand hierarchies (cpuset, blkio, hugetlb) count once apply() made them.
+        """
+        return list(
+            dict.fromkeys(
+                d for c, d in self._dirs.items() if c not in ON_DEMAND or os.path.isdir(d)
+            )
+        )
 
     def path(self, controller: str) -> str | None:
         """The directory of ``controller``'s hierarchy, or None if it is not mounted."""
@@ -73,65 +104,102 @@ class V1Cgroup(Cgroup):
         directory = self._dirs.get(controller)
         return None if directory is None else os.path.join(directory, filename)
 
-    def _require(self, controller: str, what: str, value: object) -> str:
-        directory = self._dirs.get(controller)
-        if directory is None:
-            raise MissingControllerError(
-                f"cannot apply the {what} limit {value}: the cgroup v1 '{controller}' "
-                f"controller is not mounted; mount it or run without the {what} limit"
-            )
-        return directory
-
     def apply(self, limits: Limits) -> None:
         """Write the limits; fields that are None are left as they are (unlimited when new).
 
         Every needed controller is checked before the first write, so a
-        missing one does not leave the cgroup half-configured.
+        missing one does not leave the cgroup half-configured.  Must run
+        before attach(): the on-demand hierarchies are joined here.
         """
         check_limits(limits)
-        memory_dir = pids_dir = cpu_dir = None
+        writes = v1_writes(limits)
+        memory_dir = None
         if limits.memory is not None:
-            memory_dir = self._require("memory", "memory", limits.memory)
-        if limits.pids is not None:
-            pids_dir = self._require("pids", "pids", limits.pids)
-        if limits.cpus is not None:
-            cpu_dir = self._require("cpu", "cpus", limits.cpus)
+            memory_dir = self._require("memory", f"--memory {limits.memory}")
+        for write in writes:
+            assert write.controller is not None
+            self._require(write.controller, write.flag)
+        for controller in dict.fromkeys(w.controller for w in writes):
+            if controller in ON_DEMAND:
+                self._join(controller)
 
         if memory_dir is not None and limits.memory is not None:
-            self._apply_memory(memory_dir, limits.memory)
-        if pids_dir is not None and limits.pids is not None:
-            write_file(os.path.join(pids_dir, "pids.max"), str(limits.pids))
-        if cpu_dir is not None and limits.cpus is not None:
-            # Period first: the quota is interpreted relative to it.
-            write_file(os.path.join(cpu_dir, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            self._apply_memory(memory_dir, limits.memory, limits.memory_swap)
+        for write in writes:
+            assert write.controller is not None
+            directory = self._dirs[write.controller]
+            target = next(
+                ((f, v) for f, v in write.candidates if os.path.exists(os.path.join(directory, f))),
+                None,
+            )
+            if target is None:
+                raise CgroupError(missing_file_message(write, directory))
             write_file(
-                os.path.join(cpu_dir, "cpu.cfs_quota_us"),
-                str(cfs_quota_us(limits.cpus)),
-                "the cpus limit may exceed the parent cgroup's quota",
+                os.path.join(directory, target[0]), target[1], f"the kernel rejected {write.flag}"
             )
 
-    def _apply_memory(self, directory: str, limit: int) -> None:
-        """Set memory.limit_in_bytes, and memory.memsw.limit_in_bytes to the same value.
+    def _require(self, controller: str, flag: str) -> str:
+        directory = self._dirs.get(controller)
+        if directory is None:
+            raise MissingControllerError(
+                f"cannot apply {flag}: the cgroup v1 '{controller}' controller is not "
+                f"mounted; mount it or run without {flag.split()[0]}"
+            )
+        return directory
 
-        memsw (memory + swap) is set too so that swapping cannot take the
-        container beyond its limit.  The kernel insists memsw >= limit at all
-        times (EINVAL otherwise), so when the limit grows, memsw is raised
-        first, and when it shrinks, the plain limit is lowered first.  memsw
-        exists only with swap accounting enabled; without it there is nothing
-        to do.
+    def _join(self, controller: str) -> None:
+        """Create the directory in an on-demand hierarchy (and its parents).
+
+        A new v1 cpuset starts with empty cpuset.cpus and cpuset.mems, and a
+        task cannot join it until both are set; each new level copies them
+        from its parent, as cgroup.clone_children would.
+        """
+        directory = self._dirs[controller]
+        if os.path.isdir(directory):
+            return
+        mount = self._mounts.get(controller) or os.path.dirname(os.path.dirname(directory))
+        relative = os.path.relpath(directory, mount)
+        level = mount
+        for component in relative.split("/"):
+            parent, level = level, os.path.join(level, component)
+            if not os.path.isdir(level):
+                make_dir(level)
+            if controller == "cpuset":
+                for filename in ("cpuset.cpus", "cpuset.mems"):
+                    if not read_file(os.path.join(level, filename)).strip():
+                        value = read_file(os.path.join(parent, filename)).strip()
+                        write_file(os.path.join(level, filename), value)
+
+    def _apply_memory(self, directory: str, limit: int, memory_swap: int | None) -> None:
+        """Set memory.limit_in_bytes, and memory.memsw.limit_in_bytes (memory + swap).
+
+        memsw defaults to the limit itself, so that swapping cannot take the
+        container beyond it; ``memory_swap`` (docker's --memory-swap) sets it,
+        -1 meaning unlimited.  The kernel insists memsw >= limit at all times
+        (EINVAL otherwise), so memsw is written first when it is at least the
+        current limit, else the limit is lowered first.  memsw exists only
+        with swap accounting enabled; without it only an explicit
+        --memory-swap is an error.
         """
         limit_file = os.path.join(directory, "memory.limit_in_bytes")
         memsw_file = os.path.join(directory, "memory.memsw.limit_in_bytes")
         has_memsw = os.path.exists(memsw_file)
+        if memory_swap is not None and not has_memsw:
+            raise MissingControllerError(
+                f"cannot apply --memory-swap {memory_swap}: {directory} has no "
+                "memory.memsw.limit_in_bytes (swap accounting is off: boot with "
+                "swapaccount=1) ; run without --memory-swap"
+            )
+        memsw = limit if memory_swap is None else memory_swap
         hint = "the limit may be below what the container already uses; use a larger limit"
         current = parse_int(read_file(limit_file))
-        if has_memsw and (current is None or limit > current):
-            write_file(memsw_file, str(limit), hint)
+        if has_memsw and (memsw == -1 or current is None or memsw >= current):
+            write_file(memsw_file, str(memsw), hint)
             write_file(limit_file, str(limit), hint)
         else:
             write_file(limit_file, str(limit), hint)
             if has_memsw:
-                write_file(memsw_file, str(limit), hint)
+                write_file(memsw_file, str(memsw), hint)
 
     def attach(self, pid: int) -> None:
         """Write ``pid`` to cgroup.procs in every hierarchy (the whole thread group moves)."""
@@ -157,17 +225,55 @@ class V1Cgroup(Cgroup):
             text = None if path is None else read_optional(path)
             return None if text is None else parse_int(text)
 
+        def keyed(controller: str, filename: str) -> dict[str, int]:
+            path = self._file(controller, filename)
+            text = None if path is None else read_optional(path)
+            return {} if text is None else parse_flat_keyed(text)
+
         cpu_ns = number("cpuacct", "cpuacct.usage")
-        oom_path = self._file("memory", "memory.oom_control")
-        oom_text = None if oom_path is None else read_optional(oom_path)
-        oom_kills = 0 if oom_text is None else parse_flat_keyed(oom_text).get("oom_kill", 0)
+        ticks = keyed("cpuacct", "cpuacct.stat")  # in USER_HZ
+        hz = os.sysconf("SC_CLK_TCK")
+        cpu_stat = keyed("cpu", "cpu.stat")
+        throttled_ns = cpu_stat.get("throttled_time")
+        io = self._file("blkio", "blkio.throttle.io_service_bytes_recursive")
+        io_text = None if io is None else read_optional(io)
+        io_totals = None if io_text is None else parse_blkio_bytes(io_text)
         return CgroupStats(
             memory_peak=number("memory", "memory.max_usage_in_bytes"),
             memory_current=number("memory", "memory.usage_in_bytes"),
             cpu_time=None if cpu_ns is None else cpu_ns / 1e9,
             pids_current=number("pids", "pids.current"),
-            oom_kills=oom_kills,
+            oom_kills=keyed("memory", "memory.oom_control").get("oom_kill", 0),
+            cpu_user_time=ticks["user"] / hz if "user" in ticks else None,
+            cpu_system_time=ticks["system"] / hz if "system" in ticks else None,
+            cpu_throttled_periods=cpu_stat.get("nr_throttled"),
+            cpu_throttled_time=None if throttled_ns is None else throttled_ns / 1e9,
+            io_read_bytes=None if io_totals is None else io_totals[0],
+            io_write_bytes=None if io_totals is None else io_totals[1],
+            memory_stat=keyed("memory", "memory.stat"),
         )
+
+    def freeze(self) -> None:
+        """FROZEN in the freezer hierarchy; CgroupError without one."""
+        if not self._set_frozen(True):
+            raise MissingControllerError(
+                f"cannot pause {self.name}: the cgroup v1 'freezer' controller is not mounted"
+            )
+        if not self.frozen():
+            raise CgroupError(f"cgroup {self.name} did not freeze within {FREEZE_TIMEOUT:g}s")
+
+    def thaw(self) -> None:
+        """THAWED in the freezer hierarchy."""
+        if not self._set_frozen(False):
+            raise MissingControllerError(
+                f"cannot resume {self.name}: the cgroup v1 'freezer' controller is not mounted"
+            )
+
+    def frozen(self) -> bool:
+        """freezer.state is FROZEN."""
+        path = self._file("freezer", "freezer.state")
+        text = None if path is None else read_optional(path)
+        return text is not None and text.strip() == "FROZEN"
 
     def _set_frozen(self, frozen: bool) -> bool:
         """Freeze or thaw via the freezer hierarchy; False when there is no usable freezer."""
@@ -251,9 +357,11 @@ class V1Backend(CgroupBackend):
         self.root = root
         self.parent = normalize_parent(parent)
         found = find_v1_hierarchies(root) if hierarchies is None else hierarchies
-        self.hierarchies: dict[str, str] = {c: found[c] for c in CONTROLLERS if c in found}
+        self.hierarchies: dict[str, str] = {
+            c: found[c] for c in CONTROLLERS + ON_DEMAND if c in found
+        }
         self.timeout = timeout
-        if not self.hierarchies:
+        if not any(c in self.hierarchies for c in CONTROLLERS):
             raise CgroupError(
                 f"no cgroup v1 hierarchy of {', '.join(CONTROLLERS)} is mounted under {root}; "
                 "mount at least the memory controller"
@@ -273,7 +381,7 @@ class V1Backend(CgroupBackend):
         removed again and CgroupError is raised.
         """
         check_name(name)
-        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout)
+        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout, mounts=self.hierarchies)
         made: list[str] = []
         try:
             for directory in cgroup.paths:
@@ -300,7 +408,7 @@ class V1Backend(CgroupBackend):
     def open(self, name: str) -> V1Cgroup:
         """Open ``name``; it must exist in at least one hierarchy (a half-removed one is fine)."""
         check_name(name)
-        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout)
+        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout, mounts=self.hierarchies)
         if not any(os.path.isdir(d) for d in cgroup.paths):
             raise CgroupError(
                 f"cgroup {name} does not exist under {', '.join(self.parent_paths())}"

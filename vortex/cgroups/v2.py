@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 
 from vortex.cgroups._common import (
     DEFAULT_PARENT,
@@ -24,8 +25,8 @@ from vortex.cgroups._common import (
     attach_pid,
     check_limits,
     check_name,
-    cpu_max_value,
     make_dir,
+    missing_file_message,
     normalize_parent,
     parse_controllers,
     parse_flat_keyed,
@@ -37,6 +38,7 @@ from vortex.cgroups._common import (
     rmdir_tree,
     sigkill_all,
     subtree_pids,
+    v2_writes,
     wait_until,
     write_file,
 )
@@ -44,7 +46,26 @@ from vortex.cgroups.base import Cgroup, CgroupBackend, CgroupStats, Limits
 from vortex.errors import CgroupError, MissingControllerError
 
 CONTROLLERS: tuple[str, ...] = ("memory", "pids", "cpu")
-"""The controllers Vortex enables for its container cgroups (when available)."""
+"""The controllers Vortex enables for every container cgroup (when available): they
+give the statistics and the OOM report.  Others (cpuset, io, hugetlb, ...) are
+enabled by :meth:`V2Cgroup.apply` only when a limit needs them."""
+
+
+def _usec(value: int | None) -> float | None:
+    return None if value is None else value / 1e6
+
+
+def parse_io_stat(text: str) -> tuple[int, int]:
+    """Total (rbytes, wbytes) over every device line of v2 ``io.stat``."""
+    read = written = 0
+    for line in text.splitlines():
+        for field in line.split()[1:]:
+            key, _, value = field.partition("=")
+            if key == "rbytes" and value.isdigit():
+                read += int(value)
+            elif key == "wbytes" and value.isdigit():
+                written += int(value)
+    return read, written
 
 
 class V2Cgroup(Cgroup):
@@ -57,12 +78,15 @@ class V2Cgroup(Cgroup):
         *,
         timeout: float,
         enable_errors: dict[str, str] | None = None,
+        enable: Callable[[Iterable[str]], dict[str, str]] | None = None,
     ) -> None:
-        """``enable_errors`` explains controllers that create() failed to delegate."""
+        """``enable_errors`` explains controllers that create() failed to delegate;
+        ``enable`` delegates more controllers down to the parent on demand."""
         self.name = name
         self.path = path
         self._timeout = timeout
         self._enable_errors = dict(enable_errors or {})
+        self._enable = enable
 
     def _file(self, filename: str) -> str:
         return os.path.join(self.path, filename)
@@ -74,52 +98,46 @@ class V2Cgroup(Cgroup):
     def apply(self, limits: Limits) -> None:
         """Write the limits; fields that are None are left as they are (unlimited when new).
 
-        Every needed controller is checked before the first write, so a
-        missing one does not leave the cgroup half-configured.
+        Controllers beyond the defaults (cpuset, io, hugetlb, or any named by a
+        ``unified`` key) are enabled on the way down from the root to the
+        parent only now, when a limit needs them.  Every needed controller is
+        checked before the first write, so a missing one does not leave the
+        cgroup half-configured.
         """
         check_limits(limits)
+        writes = v2_writes(limits)
+        needed = {w.controller for w in writes if w.controller is not None}
         available = self.controllers()
-        wanted = (
-            ("memory", "memory", limits.memory),
-            ("pids", "pids", limits.pids),
-            ("cpu", "cpus", limits.cpus),
-        )
-        for controller, what, value in wanted:
-            if value is not None and controller not in available:
+        if needed - available and self._enable is not None:
+            self._enable_errors.update(self._enable(sorted(needed - available)))
+            available = self.controllers()
+        for write in writes:
+            controller = write.controller
+            if controller is not None and controller not in available:
                 why = self._enable_errors.get(controller)
                 raise MissingControllerError(
-                    f"cannot apply the {what} limit {value}: the cgroup v2 '{controller}' "
+                    f"cannot apply {write.flag}: the cgroup v2 '{controller}' "
                     f"controller is not available in {self.path} "
                     + (f"({why}); " if why else "(not in cgroup.controllers); ")
                     + f"enable it in the parent's cgroup.subtree_control or run without "
-                    f"the {what} limit"
+                    f"{write.flag.split()[0]}"
                 )
-
-        if limits.memory is not None:
-            hint = "the limit may be below what the container already uses; use a larger limit"
-            write_file(self._file("memory.max"), str(limits.memory), hint)
-            # docker's --memory without --memory-swap allows as much swap again
-            # (swap = limit).  Vortex deliberately allows no swap beyond the
-            # limit: a memory limit means "this much memory", and swapping the
-            # excess out would only turn an OOM kill into a slow thrash.  The
-            # file is absent without swap accounting; then there is no swap to
-            # bound.
-            swap_max = self._file("memory.swap.max")
-            if os.path.exists(swap_max):
-                write_file(swap_max, "0")
-            # On OOM, kill the whole container, not one arbitrary process of it:
-            # a half-killed container is harder to reason about than a dead one.
-            oom_group = self._file("memory.oom.group")
-            if os.path.exists(oom_group):
-                write_file(oom_group, "1")
-        if limits.pids is not None:
-            write_file(self._file("pids.max"), str(limits.pids))
-        if limits.cpus is not None:
-            write_file(
-                self._file("cpu.max"),
-                cpu_max_value(limits.cpus),
-                "the cpus limit may exceed the parent cgroup's cpu.max",
+        for write in writes:
+            target = next(
+                ((f, v) for f, v in write.candidates if os.path.exists(self._file(f))), None
             )
+            if target is None:
+                if write.optional:
+                    continue
+                raise CgroupError(missing_file_message(write, self.path))
+            hint = f"the kernel rejected {write.flag}"
+            if write.controller == "memory":
+                hint += "; the limit may be below what the container already uses"
+            elif write.controller == "cpu":
+                hint += "; it may exceed what the parent cgroup allows"
+            elif write.controller == "io":
+                hint += "; check that the device exists"
+            write_file(self._file(target[0]), target[1], hint)
 
     def attach(self, pid: int) -> None:
         """Write ``pid`` to cgroup.procs (prefer clone_fd() and CLONE_INTO_CGROUP)."""
@@ -153,9 +171,12 @@ class V2Cgroup(Cgroup):
             value = text(filename)
             return None if value is None else parse_int(value)
 
-        cpu_stat = text("cpu.stat")
-        usage_usec = None if cpu_stat is None else parse_flat_keyed(cpu_stat).get("usage_usec")
-        events = text("memory.events")
+        cpu = parse_flat_keyed(text("cpu.stat") or "")
+        usage_usec = cpu.get("usage_usec")
+        throttled_usec = cpu.get("throttled_usec")
+        events = parse_flat_keyed(text("memory.events") or "")
+        io = text("io.stat")
+        io_totals = None if io is None else parse_io_stat(io)
         return CgroupStats(
             memory_peak=number("memory.peak"),
             memory_current=number("memory.current"),
@@ -163,8 +184,43 @@ class V2Cgroup(Cgroup):
             pids_current=number("pids.current"),
             # oom_kill counts processes the OOM killer actually killed; "oom" only
             # counts the times the limit was hit, which may end without a kill.
-            oom_kills=0 if events is None else parse_flat_keyed(events).get("oom_kill", 0),
+            oom_kills=events.get("oom_kill", 0),
+            pids_peak=number("pids.peak"),
+            cpu_user_time=_usec(cpu.get("user_usec")),
+            cpu_system_time=_usec(cpu.get("system_usec")),
+            cpu_throttled_periods=cpu.get("nr_throttled"),
+            cpu_throttled_time=_usec(throttled_usec),
+            io_read_bytes=None if io_totals is None else io_totals[0],
+            io_write_bytes=None if io_totals is None else io_totals[1],
+            memory_stat=parse_flat_keyed(text("memory.stat") or ""),
         )
+
+    def freeze(self) -> None:
+        """Write 1 to cgroup.freeze and wait until cgroup.events says ``frozen 1``."""
+        self._set_frozen(True)
+
+    def thaw(self) -> None:
+        """Write 0 to cgroup.freeze and wait until cgroup.events says ``frozen 0``."""
+        self._set_frozen(False)
+
+    def frozen(self) -> bool:
+        """The ``frozen`` key of cgroup.events."""
+        text = read_optional(self._file("cgroup.events"))
+        return text is not None and parse_flat_keyed(text).get("frozen", 0) == 1
+
+    def _set_frozen(self, frozen: bool) -> None:
+        freeze_file = self._file("cgroup.freeze")
+        if not os.path.exists(freeze_file):
+            raise CgroupError(
+                f"cannot {'freeze' if frozen else 'thaw'} {self.path}: no cgroup.freeze "
+                "(Linux 5.2 or later is needed)"
+            )
+        write_file(freeze_file, "1" if frozen else "0")
+        if not wait_until(lambda: self.frozen() == frozen, self._timeout):
+            raise CgroupError(
+                f"cgroup {self.path} did not become {'frozen' if frozen else 'thawed'} "
+                f"within {self._timeout:g}s"
+            )
 
     def kill(self) -> None:
         """SIGKILL everything in the cgroup and below, and wait until it is empty.
@@ -201,6 +257,75 @@ class V2Cgroup(Cgroup):
         rmdir_tree(self.path, self._timeout)
 
 
+DELEGATE_LEAF = "vortex-runtime"
+"""In a delegated cgroup, the leaf the runtime moves its unit's processes into."""
+DELEGATE_CONTAINERS = "containers"
+"""In a delegated cgroup, the parent of the container cgroups."""
+
+
+def own_cgroup(proc_file: str = "/proc/self/cgroup") -> str:
+    """This process's cgroup v2 path (the ``0::`` line), e.g. ``/system.slice/x.service``."""
+    text = read_optional(proc_file) or ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return "/"
+
+
+def is_delegated(path: str) -> bool:
+    """True when systemd marked the cgroup directory as delegated (``Delegate=yes``).
+
+    systemd sets the ``trusted.delegate`` (and for user units ``user.delegate``)
+    extended attribute to "1" on the cgroup of a unit with Delegate=yes.
+    """
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def resolve_parent(root: str, parent: str, proc_file: str = "/proc/self/cgroup") -> str:
+    """The container parent for ``parent``; ``auto`` uses a delegated cgroup when we are in one.
+
+    With ``auto``, a runtime that lives in a cgroup systemd delegated to it
+    (``Delegate=yes``: the ``trusted.delegate`` xattr) moves its unit's
+    processes into the leaf ``<own>/vortex-runtime`` (the "no internal
+    processes" rule forbids enabling controllers in a cgroup that holds
+    processes) and creates containers under ``<own>/containers``.  A second
+    runtime in the same unit finds itself in that leaf and uses the same parent.
+    Anywhere else ``auto`` means ``vortex`` below the root, and any other value
+    is a path below the root.
+    """
+    if parent != "auto":
+        return parent
+    own = own_cgroup(proc_file)
+    if own == "/":
+        return DEFAULT_PARENT
+    if os.path.basename(own) == DELEGATE_LEAF:
+        delegated = os.path.dirname(own)
+    elif is_delegated(os.path.join(root, own.lstrip("/"))):
+        delegated = own
+        _move_into_leaf(os.path.join(root, own.lstrip("/")))
+    else:
+        return DEFAULT_PARENT
+    return f"{delegated.strip('/')}/{DELEGATE_CONTAINERS}"
+
+
+def _move_into_leaf(directory: str) -> None:
+    """Move every process of ``directory`` into its DELEGATE_LEAF child."""
+    leaf = os.path.join(directory, DELEGATE_LEAF)
+    make_dir(leaf)
+    for pid in read_procs(os.path.join(directory, "cgroup.procs")):
+        try:
+            attach_pid(os.path.join(leaf, "cgroup.procs"), pid)
+        except CgroupError:
+            if os.path.exists(f"/proc/{pid}"):
+                raise
+
+
 class V2Backend(CgroupBackend):
     """Container cgroups under ``<root>/<parent>`` of a cgroup2 mount."""
 
@@ -219,8 +344,8 @@ class V2Backend(CgroupBackend):
         self.parent_path = os.path.join(root, self.parent)
         self.timeout = timeout
 
-    def _delegate(self) -> dict[str, str]:
-        """Enable CONTROLLERS in subtree_control from the root down to the parent.
+    def _delegate(self, controllers: Iterable[str] = CONTROLLERS) -> dict[str, str]:
+        """Enable ``controllers`` in subtree_control from the root down to the parent.
 
         Only controllers listed in a level's cgroup.controllers are enabled: a
         missing one is not an error here (apply() reports it if a limit needs
@@ -237,7 +362,7 @@ class V2Backend(CgroupBackend):
             available = parse_controllers(read_file(os.path.join(level, "cgroup.controllers")))
             control = os.path.join(level, "cgroup.subtree_control")
             enabled = parse_controllers(read_file(control))
-            for controller in CONTROLLERS:
+            for controller in controllers:
                 if controller not in available or controller in enabled:
                     continue
                 # One write per controller, so one failure does not block the others.
@@ -264,7 +389,9 @@ class V2Backend(CgroupBackend):
             raise CgroupError(
                 f"cannot create cgroup {path}: {e.strerror}; check that Vortex runs as root"
             ) from None
-        return V2Cgroup(name, path, timeout=self.timeout, enable_errors=errors)
+        return V2Cgroup(
+            name, path, timeout=self.timeout, enable_errors=errors, enable=self._delegate
+        )
 
     def open(self, name: str) -> V2Cgroup:
         """Open the existing cgroup ``name``."""
@@ -272,7 +399,7 @@ class V2Backend(CgroupBackend):
         path = os.path.join(self.parent_path, name)
         if not os.path.isdir(path):
             raise CgroupError(f"cgroup {name} does not exist ({path})")
-        return V2Cgroup(name, path, timeout=self.timeout)
+        return V2Cgroup(name, path, timeout=self.timeout, enable=self._delegate)
 
     def names(self) -> list[str]:
         """Names of the cgroups under the parent."""

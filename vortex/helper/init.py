@@ -33,6 +33,8 @@ from vortex import _linux as L
 from vortex import ops
 from vortex.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME_ERROR
 from vortex.helper.plan import InitPlan
+from vortex.security import apply as security
+from vortex.security.policy import InitSecurity
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -116,6 +118,11 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
         # The Runtime went away or aborted the start (a post_cgroup hook failed).
         os._exit(EXIT_RUNTIME_ERROR)
     os.close(fds["sync"])
+    sec = plan.security if plan.security is not None else InitSecurity()
+    if sec.userns:
+        # The Runtime has written our uid/gid maps: become the namespace's root, so
+        # that what we create is owned by a mapped (unprivileged) host id.
+        _step(security.become_namespace_root, "become root of the user namespace")
     # Now that the Runtime has placed us in our cgroup, make it the root of a new
     # cgroup namespace (at clone time we were still in the Runtime's cgroup on v1).
     _step(lambda: L.unshare(L.CLONE_NEWCGROUP), "unshare cgroup namespace")
@@ -124,27 +131,36 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     os.setsid()
 
     rootfs = os.path.realpath(plan.rootfs)
-    _setup_mounts(rootfs, plan.ops)
+    _setup_mounts(rootfs, plan.ops, nodev=sec.nodev_rootfs, bind_devices=sec.userns)
     _step(lambda: os.chdir(rootfs), "chdir to rootfs")
     # new_root == put_old: the old root ends up stacked under "/" and is detached right
     # away, so no directory for it has to exist (or be removed) in the rootfs.
     _step(lambda: L.pivot_root(".", "."), "pivot_root")
     _step(lambda: L.umount2(".", L.MNT_DETACH), "detach old root")
     os.chdir("/")
+    # Masked and read-only paths, then the root itself (see vortex/security/apply.py).
+    _step(lambda: security.mask_and_protect(sec), "masked and read-only paths")
+    _step(lambda: security.remount_root(sec), "remount the root filesystem")
     _step(lambda: socket.sethostname(plan.hostname), f"sethostname {plan.hostname}")
 
     _setup_stdio(plan, fds)
+    # Still root with every capability: rlimits may be raised, the bounding set dropped.
+    _step(lambda: security.set_rlimits(sec), "setrlimit")
+    _step(lambda: security.drop_bounding(sec), "drop bounding capabilities")
+    _step(lambda: security.early_seccomp(sec), "load seccomp filter")
+    # Supplementary groups are always cleared: the host's must not leak in.
+    _step(lambda: security.switch_user(plan.uid, plan.gid, sec), f"set user {plan.uid}:{plan.gid}")
     if plan.gid or plan.uid:
-        _step(lambda: os.setgroups([]), "setgroups")
-        _step(lambda: os.setgid(plan.gid), f"setgid {plan.gid}")
-        _step(lambda: os.setuid(plan.uid), f"setuid {plan.uid}")
         # A credential change clears the parent-death signal; set it again.
         L.set_parent_death_signal(signal.SIGKILL)
+    _step(lambda: security.set_capabilities(sec), "set capabilities")
     try:
         os.chdir(plan.workdir)
     except OSError as exc:
         raise InitFailure(f"workdir {plan.workdir}: {_strerror(exc)}") from None
     _close_other_fds(fds["errors"])
+    # no_new_privs and the seccomp filter: the last steps before execve.
+    _step(lambda: security.lock_down(sec), "no_new_privs and seccomp")
     _exec(plan.argv, dict(plan.env))
 
 
@@ -207,7 +223,13 @@ def _mount(
         ) from None
 
 
-def _setup_mounts(rootfs: str, plan_ops: Sequence[ops.SetupOp]) -> None:
+def _setup_mounts(
+    rootfs: str,
+    plan_ops: Sequence[ops.SetupOp],
+    *,
+    nodev: bool = False,
+    bind_devices: bool = False,
+) -> None:
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     # pivot_root needs the new root to be a mount point.
@@ -221,22 +243,32 @@ def _setup_mounts(rootfs: str, plan_ops: Sequence[ops.SetupOp]) -> None:
     _ensure_dir(sys_dir)
     _mount("sysfs", sys_dir, "sysfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV)
 
-    _setup_dev(os.path.join(rootfs, "dev"))
+    _setup_dev(os.path.join(rootfs, "dev"), nodev=nodev, bind_devices=bind_devices)
 
     for op in plan_ops:
-        _apply(rootfs, op)
+        _apply(rootfs, op, nodev=nodev)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(os.path.join(rootfs, _STAGING))
 
 
-def _setup_dev(dev: str) -> None:
+def _setup_dev(dev: str, *, nodev: bool = False, bind_devices: bool = False) -> None:
+    """A tmpfs /dev with the standard nodes.  With ``nodev`` (restricted devices) the
+    tmpfs is mounted nodev, so a node created in it by the container cannot be
+    opened, and the standard nodes are bind mounts of the host's instead."""
     _ensure_dir(dev)
-    _mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, "mode=755,size=65536k")
+    flags = L.MS_NOSUID | L.MS_STRICTATIME | (L.MS_NODEV if nodev else 0)
+    _mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
     old_umask = os.umask(0)
     try:
         for name, major, minor in _DEVICES:
+            path = os.path.join(dev, name)
+            # In a user namespace mknod is refused: bind the host's nodes there too.
+            if (nodev or bind_devices) and _is_host_device(f"/dev/{name}", major, minor):
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
+                _mount(f"/dev/{name}", path, None, L.MS_BIND)
+                continue
             try:
-                os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
             except OSError as exc:
                 raise InitFailure(f"mknod /dev/{name}: {_strerror(exc)}") from None
         for sub in ("pts", "shm", "mqueue"):
@@ -262,7 +294,15 @@ def _setup_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
-def _apply(rootfs: str, op: ops.SetupOp) -> None:
+def _is_host_device(path: str, major: int, minor: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(major, minor)
+
+
+def _apply(rootfs: str, op: ops.SetupOp, *, nodev: bool = False) -> None:
     match op:
         case ops.BindMount(source=source, target=target, readonly=readonly, recursive=recursive):
             path = _inside(rootfs, target)
@@ -274,8 +314,11 @@ def _apply(rootfs: str, op: ops.SetupOp) -> None:
                     pass
             flags = L.MS_BIND | (L.MS_REC if recursive else 0)
             _mount(source, path, None, flags)
-            if readonly:
-                _mount(None, path, None, flags | L.MS_REMOUNT | L.MS_RDONLY)
+            if readonly or nodev:
+                # Restricted devices: a node mknod'ed on a volume must not open either.
+                extra = (L.MS_RDONLY if readonly else 0) | (L.MS_NODEV if nodev else 0)
+                keep = security.mount_flags(path)
+                _mount(None, path, None, flags | L.MS_REMOUNT | keep | extra)
         case ops.MountFilesystem(fstype=fstype, target=target, options=options, flags=flags):
             path = _inside(rootfs, target)
             _ensure_dir(path)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vortex.ops import SetupOp
+from vortex.security.policy import InitSecurity
 
 FD_ORDER = ("sync", "errors", "stdin", "stdout", "stderr")
 """Order of the fds sent with every request; optional ones (console, cgroup) follow."""
@@ -29,6 +30,8 @@ class InitPlan:
     hostname: str
     tty: bool
     ops: Sequence[SetupOp] = field(default_factory=tuple)
+    security: InitSecurity | None = None
+    """Capabilities, seccomp, masked paths, rlimits; ``None`` applies none."""
 
 
 @dataclass(frozen=True)

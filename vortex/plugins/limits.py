@@ -8,14 +8,21 @@ continues) the command never runs a single instruction unlimited.
 
 from __future__ import annotations
 
+import dataclasses
+
 from vortex.cgroups.base import Limits
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
+from vortex.spec import Resources
+
+
+def limits_of(resources: Resources) -> Limits:
+    """The cgroup Limits for a spec's Resources (the same field names)."""
+    return Limits(**{f.name: getattr(resources, f.name) for f in dataclasses.fields(Limits)})
 
 
 @hookimpl(tryfirst=True)
 def vortex_prepare(container: Container) -> None:
-    resources = container.spec.resources
-    limits = Limits(memory=resources.memory, pids=resources.pids, cpus=resources.cpus)
+    limits = limits_of(container.spec.resources)
     if container.cgroup is not None and limits != Limits():
         container.cgroup.apply(limits)

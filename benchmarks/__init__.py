@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of Vortex against runc, crun, bubblewrap and C: see run.py."""

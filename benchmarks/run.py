@@ -1,0 +1,542 @@
+"""Vortex side by side with runc, crun, bubblewrap, a C program and a bare Python.
+
+``python -m benchmarks`` (as root, from the repository) prints the tables and
+writes ``benchmarks/out/results.json`` (every raw number) and
+``benchmarks/out/results.png`` (the distributions; needs the ``bench`` extra).
+It installs nothing: runc, crun and bwrap are used when found on PATH and
+skipped otherwise (Debian: ``apt-get install runc crun bubblewrap``); a C
+compiler is required, for the reference program in ``refcontainer.c``.
+
+Every comparison is interleaved (A B C A B C ...) after warm-up rounds, so a
+slow minute of the machine hurts every subject alike.  What is measured:
+
+cold
+    one whole process per container, ``/bin/true`` in the same busybox root
+    filesystem: ``vortex run`` vs ``runc run``, ``crun run``, ``bwrap``, the C
+    program and ``python -c pass``; wall time around spawn+wait, CPU time from
+    ``getrusage(RUSAGE_CHILDREN)`` (the process and everything it reaped).
+sequential, concurrent
+    containers per second: the library (one warm process, ``Runtime.run``
+    back to back, see worker.py) vs the tools exec'd once per container, in
+    batches; concurrent runs as many lanes as there are cores.
+exit
+    container exit → ``vortex_on_exit`` hook latency with ``--live`` idle
+    containers alive (see worker.py for the method).
+
+On a hybrid cgroup host crun 1.8 refuses to run ("cgroups in hybrid mode not
+supported"); it then runs as ``unshare -m sh -c 'umount /sys/fs/cgroup/unified
+&& exec crun ...'``, and that wrapper alone (``exec /bin/true``) is measured
+as its own subject so its cost can be subtracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+HYBRID_CGROUP2 = "/sys/fs/cgroup/unified"
+MEMORY_LIMIT = 100 << 20
+
+
+@dataclass
+class Subject:
+    """One thing that starts a container: a command line per run."""
+
+    name: str
+    command: Callable[[int], list[str]]
+    """Command line for run number ``i`` (container ids must be unique)."""
+    note: str = ""
+
+
+@dataclass
+class Samples:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------- setup
+
+
+def _which(name: str) -> str | None:
+    # runc lives in /usr/sbin on Debian, which is not on every PATH.
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def _host_is_hybrid() -> bool:
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        mounts = {fields[1]: fields[2] for fields in (line.split() for line in f)}
+    return mounts.get("/sys/fs/cgroup") != "cgroup2" and mounts.get(HYBRID_CGROUP2) == "cgroup2"
+
+
+def build_c(out: Path) -> tuple[Path, Path]:
+    """Compile the reference program and the exit-stamp program; returns their paths."""
+    cc = os.environ.get("CC") or _which("cc") or _which("gcc")
+    if cc is None:
+        raise SystemExit("benchmarks: no C compiler (apt-get install gcc libc6-dev)")
+    ref, stamp = out / "refcontainer", out / "exitstamp"
+    flags = ["-O2", "-Wall", "-Wextra"]
+    subprocess.run([cc, *flags, "-o", str(ref), str(HERE / "refcontainer.c")], check=True)
+    # Static: it runs inside a busybox root filesystem without a libc.
+    subprocess.run([cc, *flags, "-static", "-o", str(stamp), str(HERE / "exitstamp.c")], check=True)
+    return ref, stamp
+
+
+def compile_vortex() -> None:
+    """Byte-compile the vortex package, as ``pip install`` does.
+
+    An editable install run with PYTHONDONTWRITEBYTECODE=1 (this project's
+    sandbox sets it) compiles every Vortex module from source on every start:
+    ~40 ms of a cold ``vortex run`` that no installed copy pays.  Python reads
+    ``__pycache__`` even when told not to write it.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("vortex")
+    assert spec is not None and spec.submodule_search_locations
+    for location in spec.submodule_search_locations:
+        done = subprocess.run([sys.executable, "-m", "compileall", "-q", location], check=False)
+        if done.returncode != 0:  # e.g. a read-only install: it was compiled at install time
+            print(f"note: could not byte-compile {location}; numbers may include compiling")
+
+
+def build_rootfs(out: Path, stamp: Path) -> Path:
+    rootfs = out / "rootfs"
+    if not (rootfs / "bin" / "true").exists():
+        subprocess.run(
+            [sys.executable, "-m", "vortex", "rootfs", "busybox", str(rootfs)], check=True
+        )
+    shutil.copy2(stamp, rootfs / "exitstamp")
+    return rootfs
+
+
+def build_bundle(out: Path, rootfs: Path, tool: str) -> Path:
+    """An OCI bundle for runc and crun: ``runc spec``, then edited to match Vortex."""
+    bundle = out / "bundle"
+    bundle.mkdir(exist_ok=True)
+    (bundle / "config.json").unlink(missing_ok=True)
+    subprocess.run([tool, "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["root"] = {"path": str(rootfs), "readonly": False}
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    linux = config["linux"]
+    # The same namespaces as Vortex (runc's default lacks the cgroup one), and the
+    # same 100 MB memory limit, so that runc and crun do cgroup work too.
+    if {"type": "cgroup"} not in linux["namespaces"]:
+        linux["namespaces"].append({"type": "cgroup"})
+    linux.setdefault("resources", {})["memory"] = {"limit": MEMORY_LIMIT}
+    (bundle / "config.json").write_text(json.dumps(config, indent=2))
+    return bundle
+
+
+def subjects(rootfs: Path, ref: Path, bundle: Path | None) -> tuple[list[Subject], list[str]]:
+    """The cold-start subjects available here, and notes on the skipped ones."""
+    tag = f"vxb{os.getpid()}"
+    found = [
+        Subject(
+            "vortex", lambda i: [sys.executable, "-m", "vortex", "run", str(rootfs), "/bin/true"]
+        ),
+        Subject("C reference", lambda i: [str(ref), str(rootfs), "/bin/true"]),
+        Subject("python -c pass", lambda i: [sys.executable, "-c", "pass"]),
+    ]
+    skipped = []
+    runc, crun, bwrap = _which("runc"), _which("crun"), _which("bwrap")
+    if runc and bundle:
+        found.append(
+            Subject("runc", lambda i: [runc, "run", "--bundle", str(bundle), f"{tag}-r{i}"])
+        )
+    else:
+        skipped.append("runc (not installed)")
+    if crun and bundle:
+        if _host_is_hybrid():
+            unshare = _which("unshare")
+            assert unshare is not None  # util-linux
+            wrap = f"umount {HYBRID_CGROUP2} && exec "
+            found.append(
+                Subject(
+                    "crun",
+                    lambda i: [
+                        unshare,
+                        "-m",
+                        "sh",
+                        "-c",
+                        f"{wrap}{crun} run --bundle {bundle} {tag}-c{i}",
+                    ],
+                    "inside `unshare -m` with the cgroup2 mount unmounted (hybrid host)",
+                )
+            )
+            found.append(
+                Subject(
+                    "crun wrapper alone",
+                    lambda i: [unshare, "-m", "sh", "-c", f"{wrap}/bin/true"],
+                    "unshare -m + umount + exec /bin/true: subtract from crun",
+                )
+            )
+        else:
+            found.append(
+                Subject("crun", lambda i: [crun, "run", "--bundle", str(bundle), f"{tag}-c{i}"])
+            )
+    else:
+        skipped.append("crun (not installed)")
+    if bwrap:
+        found.append(
+            Subject(
+                "bwrap",
+                lambda i: [
+                    bwrap,
+                    "--bind", str(rootfs), "/",
+                    "--proc", "/proc",
+                    "--dev", "/dev",
+                    "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                    "--unshare-cgroup",
+                    "/bin/true",
+                ],
+                "no cgroup",
+            )
+        )  # fmt: skip
+    else:
+        skipped.append("bwrap (not installed)")
+    return found, skipped
+
+
+# --------------------------------------------------------------------- measuring
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(command: Sequence[str]) -> tuple[float, float]:
+    """Spawn, wait; (wall seconds, CPU seconds of the process and what it reaped)."""
+    cpu = _children_cpu()
+    started = time.perf_counter()
+    proc = subprocess.run(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{command[0]} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}"
+        )
+    return wall, _children_cpu() - cpu
+
+
+def cold(found: list[Subject], runs: int, warmup: int) -> dict[str, Samples]:
+    results = {s.name: Samples() for s in found}
+    for round_ in range(warmup + runs):
+        for subject in found:
+            wall, cpu = run_once(subject.command(round_))
+            if round_ >= warmup:
+                results[subject.name].wall.append(wall)
+                results[subject.name].cpu.append(cpu)
+    return results
+
+
+class Worker:
+    """The warm library process (benchmarks/worker.py)."""
+
+    def __init__(self, rootfs: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", str(rootfs)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the benchmark worker died; see its error above")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def batch(subject: Subject, n: int, concurrency: int, first: int) -> dict[str, Any]:
+    """``n`` runs of a tool, ``concurrency`` at a time: wall and CPU of the batch."""
+    cpu, started = _children_cpu(), time.perf_counter()
+    if concurrency == 1:
+        for i in range(n):
+            run_once(subject.command(first + i))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda i: run_once(subject.command(first + i)), range(n)))
+    return {"wall": time.perf_counter() - started, "cpu": _children_cpu() - cpu, "n": n}
+
+
+def throughput(
+    worker: Worker, found: list[Subject], total: int, size: int, concurrency: int, warmup: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Batches of ``size`` containers, interleaved: library, then each tool, repeated."""
+    tools = [s for s in found if s.name in ("runc", "crun", "C reference")]
+    results: dict[str, list[dict[str, Any]]] = {"vortex library": []}
+    results.update({s.name: [] for s in tools})
+    counter = 10_000 * concurrency  # container ids distinct from the cold runs'
+    for subject in tools:  # warm-up
+        batch(subject, warmup, concurrency, counter)
+        counter += warmup
+    done = 0
+    while done < total:
+        n = min(size, total - done)
+        reply = worker.ask(op="throughput", n=n, concurrency=concurrency, warmup=warmup)
+        if reply["failures"]:
+            raise RuntimeError(f"{reply['failures']} library containers failed")
+        reply["n"] = len(reply["per_container"])
+        results["vortex library"].append(reply)
+        for subject in tools:
+            results[subject.name].append(batch(subject, n, concurrency, counter))
+            counter += n
+        done += n
+    return results
+
+
+# --------------------------------------------------------------------- report
+
+
+def _rate(batch: dict[str, Any]) -> float:
+    """Containers per second of one batch."""
+    return int(batch["n"]) / float(batch["wall"])
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def report_cold(results: dict[str, Samples]) -> str:
+    def ratio(name: str, to: str) -> str:
+        if to not in results:
+            return "-"
+        return f"{statistics.median(results[name].wall) / statistics.median(results[to].wall):.2f}"
+
+    rows = [
+        [
+            name,
+            _ms(statistics.median(s.wall)),
+            _ms(min(s.wall)),
+            _ms(max(s.wall)),
+            _ms(statistics.median(s.cpu)),
+            ratio(name, "C reference"),
+            ratio(name, "runc"),
+            ratio(name, "crun"),
+        ]
+        for name, s in results.items()
+    ]
+    headers = ["cold start", "median ms", "min", "max", "CPU ms", "x C", "x runc", "x crun"]
+    return _table(headers, rows)
+
+
+def report_throughput(results: dict[str, list[dict[str, Any]]], title: str) -> str:
+    def rates(name: str) -> list[float]:
+        return [_rate(b) for b in results[name]]
+
+    def cpu(name: str) -> float:
+        batches = results[name]
+        return sum(float(b["cpu"]) for b in batches) / sum(int(b["n"]) for b in batches)
+
+    library = statistics.median(rates("vortex library"))
+    rows = [
+        [
+            name,
+            f"{statistics.median(rates(name)):.0f}",
+            f"{min(rates(name)):.0f}",
+            f"{max(rates(name)):.0f}",
+            _ms(cpu(name)),
+            f"{library / statistics.median(rates(name)):.2f}",
+        ]
+        for name in results
+    ]
+    headers = [title, "containers/s", "min", "max", "CPU ms/container", "library x"]
+    return _table(headers, rows)
+
+
+def report_exit(result: dict[str, Any]) -> str:
+    rows = []
+    for kind, label in (("steady", "one exit at a time"), ("burst", "all idle ones at once")):
+        values = result[kind]
+        if values:
+            rows.append(
+                [
+                    label,
+                    str(len(values)),
+                    f"{_pct(values, 0.5) * 1e3:.2f}",
+                    f"{_pct(values, 0.99) * 1e3:.2f}",
+                    f"{max(values) * 1e3:.2f}",
+                ]
+            )
+    headers = [f"exit → on_exit ({result['live']} live)", "n", "p50 ms", "p99 ms", "max ms"]
+    rss = result.get("rss_per_idle_container", 0.0) / 1024
+    return (
+        _table(headers, rows)
+        + f"\nRuntime process RSS per idle container: {rss:.1f} KiB (containers' own not included)"
+    )
+
+
+def machine() -> dict[str, str]:
+    info = {
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "cores": str(os.cpu_count()),
+        "hybrid_cgroups": str(_host_is_hybrid()),
+        # Other work on the machine skews everything: say how busy it was.
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
+        )
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        info["cpu"] = platform.processor()
+    for tool in ("runc", "crun", "bwrap"):
+        path = _which(tool)
+        if path:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            info[tool] = out.splitlines()[0] if out else "?"
+    return info
+
+
+def plot(data: dict[str, Any], path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is missing (pip install -e '.[bench]')"
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    names = list(data["cold"])
+    axes[0].boxplot([[w * 1e3 for w in data["cold"][n]["wall"]] for n in names], vert=False)
+    axes[0].set_yticks(range(1, len(names) + 1), names)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("ms per container, whole process (log)")
+    axes[0].set_title("cold start")
+    seq = data["sequential"]
+    tputs = [[_rate(b) for b in seq[name]] for name in seq]
+    axes[1].boxplot(tputs, vert=False)
+    axes[1].set_yticks(range(1, len(seq) + 1), list(seq))
+    axes[1].set_xlabel("containers/s, one after another (per batch)")
+    axes[1].set_title("throughput")
+    exits = data["exit"]
+    kinds = [k for k in ("steady", "burst") if exits[k]]
+    axes[2].boxplot([[v * 1e3 for v in exits[k]] for k in kinds], vert=False)
+    labels = {"steady": "one at a time", "burst": "all at once"}
+    axes[2].set_yticks(range(1, len(kinds) + 1), [labels[k] for k in kinds])
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("ms from container exit to vortex_on_exit (log)")
+    axes[2].set_title(f"exit notification, {exits['live']} live containers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return f"plot: {path}"
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
+    parser.add_argument("--cold-runs", type=int, default=30, help="measured cold runs per subject")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs first")
+    parser.add_argument(
+        "--containers", type=int, default=500, help="containers per throughput test"
+    )
+    parser.add_argument("--batch", type=int, default=50, help="throughput batch size")
+    parser.add_argument("--live", type=int, default=500, help="idle containers during exit test")
+    parser.add_argument("--samples", type=int, default=200, help="measured exits")
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("benchmarks: run as root (containers need namespaces and cgroups)")
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    compile_vortex()
+    ref, stamp = build_c(out)
+    rootfs = build_rootfs(out, stamp)
+    tool = _which("runc") or _which("crun")
+    bundle = build_bundle(out, rootfs, tool) if tool else None
+    found, skipped = subjects(rootfs, ref, bundle)
+    for note in skipped:
+        print(f"skipped: {note}; install with: apt-get install runc crun bubblewrap")
+    info = machine()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+
+    started = time.monotonic()
+    cold_results = cold(found, args.cold_runs, args.warmup)
+    print(f"\n{report_cold(cold_results)}", flush=True)
+    worker = Worker(rootfs)
+    try:
+        sequential = throughput(worker, found, args.containers, args.batch, 1, args.warmup)
+        print(f"\n{report_throughput(sequential, 'one after another')}", flush=True)
+        parallel = throughput(
+            worker, found, args.containers, args.batch, args.concurrency, args.warmup
+        )
+        title = f"concurrency {args.concurrency}"
+        print(f"\n{report_throughput(parallel, title)}", flush=True)
+        stamps = out / "exit-stamps.txt"
+        stamps.unlink(missing_ok=True)
+        exits = worker.ask(
+            op="exit_latency", live=args.live, samples=args.samples, stamps=str(stamps)
+        )
+        print(f"\n{report_exit(exits)}", flush=True)
+    finally:
+        worker.close()
+
+    data = {
+        "machine": info,
+        "arguments": {k: str(v) for k, v in vars(args).items()},
+        "skipped": skipped,
+        "notes": {s.name: s.note for s in found if s.note},
+        "cold": {n: {"wall": s.wall, "cpu": s.cpu} for n, s in cold_results.items()},
+        "sequential": sequential,
+        "concurrent": parallel,
+        "exit": exits,
+        "duration": time.monotonic() - started,
+    }
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    print(f"\nraw numbers: {out / 'results.json'}")
+    print(plot(data, out / "results.png"))
+    return 0

@@ -1,0 +1,47 @@
+"""The benchmark suite runs end to end (on 5 containers; its numbers mean nothing here).
+
+The benchmarks themselves never run in the test suite: ``python -m benchmarks``
+takes minutes.  This only checks that the entry point builds the C programs,
+measures every subject it finds and writes its JSON, with the tools that are
+not installed skipped (Vortex and the C reference always run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"),
+    pytest.mark.skipif(
+        not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler for the reference"
+    ),
+]
+
+
+def test_benchmarks_run_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--out", str(out),
+         "--cold-runs", "2", "--warmup", "1", "--containers", "5", "--batch", "5",
+         "--live", "5", "--samples", "5"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert {"vortex", "C reference", "python -c pass"} <= set(data["cold"])
+    for subject in data["cold"].values():
+        assert len(subject["wall"]) == 2
+    assert {"vortex library", "C reference"} <= set(data["sequential"])
+    assert sum(b["n"] for b in data["sequential"]["vortex library"]) == 5
+    assert len(data["exit"]["steady"]) == 5
+    assert all(0 < latency < 1 for latency in data["exit"]["steady"])
+    assert "| vortex " in proc.stdout

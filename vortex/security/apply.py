@@ -1,0 +1,149 @@
+"""The init side: apply an :class:`~vortex.security.policy.InitSecurity`.
+
+Called from vortex/helper/init.py, in the cloned child, in this order:
+
+1. :func:`mask_and_protect` right after ``pivot_root`` (paths are container paths);
+2. :func:`remount_root` (read-only and/or nodev), after the plan's mounts;
+3. :func:`set_rlimits` while still root with every capability;
+4. :func:`drop_bounding`, then the uid/gid switch (``keep_caps`` around it),
+   then :func:`set_capabilities`;
+5. :func:`lock_down`: no_new_privs, then the seccomp filter, the last thing
+   before ``execve``.  Without no_new_privs the kernel only lets a process
+   holding SYS_ADMIN load a filter, so the init then loads it *before*
+   dropping capabilities (:func:`early_seccomp`), as runc does; the profile
+   must then allow the few calls the init still makes (capset, setuid, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+
+from vortex import _linux as L
+from vortex.security import capabilities, seccomp
+from vortex.security.policy import InitSecurity
+
+_PRESERVED_FLAGS = (
+    (os.ST_NOSUID, L.MS_NOSUID),
+    (os.ST_NODEV, L.MS_NODEV),
+    (os.ST_NOEXEC, L.MS_NOEXEC),
+    (os.ST_RDONLY, L.MS_RDONLY),
+    # In a user namespace the atime flags of a mount from outside are locked too.
+    (os.ST_NOATIME, 1024),
+    (os.ST_NODIRATIME, 2048),
+    (os.ST_RELATIME, 1 << 21),
+)
+
+
+def mount_flags(path: str) -> int:
+    """The per-mount flags a bind remount must repeat (the kernel would drop them)."""
+    flags = 0
+    with contextlib.suppress(OSError):
+        f_flag = os.statvfs(path).f_flag
+        for st, ms in _PRESERVED_FLAGS:
+            if f_flag & st:
+                flags |= ms
+    return flags
+
+
+def mask_and_protect(security: InitSecurity) -> None:
+    """Mask and read-only paths; a path that does not exist is skipped."""
+    for path in security.readonly_paths:
+        try:
+            L.mount(path, path, None, L.MS_BIND | L.MS_REC)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+        flags = mount_flags(path)
+        L.mount(None, path, None, L.MS_BIND | L.MS_REMOUNT | L.MS_RDONLY | L.MS_REC | flags)
+    for path in security.masked_paths:
+        try:
+            if os.path.isdir(path):
+                L.mount(
+                    "tmpfs", path, "tmpfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
+                )
+            else:
+                L.mount("/dev/null", path, None, L.MS_BIND)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            raise
+
+
+def remount_root(security: InitSecurity) -> None:
+    """The root bind mount: read-only and/or nodev (mknod'ed nodes there cannot be opened)."""
+    extra = (L.MS_RDONLY if security.readonly_rootfs else 0) | (
+        L.MS_NODEV if security.nodev_rootfs else 0
+    )
+    if extra:
+        L.mount(None, "/", None, L.MS_BIND | L.MS_REMOUNT | mount_flags("/") | extra)
+
+
+def set_rlimits(security: InitSecurity) -> None:
+    for limit, soft, hard in security.rlimits:
+        resource.setrlimit(limit, (soft, hard))
+
+
+def drop_bounding(security: InitSecurity) -> None:
+    if security.capabilities is not None:
+        capabilities.drop_bounding(security.capabilities)
+
+
+def early_seccomp(security: InitSecurity) -> None:
+    """Without no_new_privs, load the filter while SYS_ADMIN is still held."""
+    if security.seccomp is not None and not security.no_new_privs:
+        seccomp.load_filter(security.seccomp)
+
+
+def switch_user(uid: int, gid: int, security: InitSecurity) -> None:
+    """setgroups/setgid/setuid, keeping the permitted set across the uid change."""
+    keep = security.capabilities is not None
+    if keep:
+        capabilities.set_keep_caps(True)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if keep:
+        capabilities.set_keep_caps(False)
+
+
+def set_capabilities(security: InitSecurity) -> None:
+    if security.capabilities is None:
+        return
+    _effective, permitted, _inheritable = capabilities.get_sets()
+    # Never ask for more than we hold (a host without SYS_RESOURCE, say): capset
+    # can only lower the permitted set.
+    target = capabilities.to_mask(security.capabilities) & permitted
+    inheritable = capabilities.to_mask(security.inheritable) & target
+    capabilities.set_sets(target, target, inheritable)
+    capabilities.set_ambient(security.ambient & security.inheritable & security.capabilities)
+
+
+def lock_down(security: InitSecurity) -> None:
+    """no_new_privs, then the seccomp filter: the last two steps before execve."""
+    if security.no_new_privs:
+        seccomp.set_no_new_privs()
+        if security.seccomp is not None:
+            seccomp.load_filter(security.seccomp)
+
+
+def become_namespace_root() -> None:
+    """setgroups([]), then gid and uid 0 of the (already mapped) user namespace."""
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def write_id_maps(
+    pid: int,
+    uid_map: tuple[tuple[int, int, int], ...],
+    gid_map: tuple[tuple[int, int, int], ...],
+) -> None:
+    """Runtime side: write /proc/PID/{uid,gid}_map of a freshly cloned init."""
+    for name, entries in (("uid_map", uid_map), ("gid_map", gid_map)):
+        text = "".join(f"{inside} {outside} {count}\n" for inside, outside, count in entries)
+        with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:
+            f.write(text)

@@ -1,0 +1,136 @@
+"""The device allow-list: which device nodes a container may open.
+
+On cgroup v1 the ``devices`` controller enforces it: a container's directory
+in that hierarchy gets ``a`` written to ``devices.deny`` and then the allow
+rules below, the list runc and docker use (minus ``/dev/net/tun``).  A node
+the container creates with ``mknod`` (CAP_MKNOD is a default capability)
+then cannot be opened: ``open()`` fails with EPERM.
+
+On cgroup v2 there is no devices file (the kernel wants an eBPF program); the
+init mounts the root filesystem ``nodev`` instead, and every other writable
+mount (/dev/shm, /dev/mqueue, tmpfs) already is, so a mknod'ed node has no
+place where it could be opened.
+
+When the cgroup backend puts containers in the devices hierarchy itself
+(``container.cgroup.path("devices")``), the ``security`` plugin only writes
+the rules there.  Otherwise the plugin owns a directory of its own: created
+and joined in ``vortex_post_cgroup`` (the init is still waiting on its sync
+pipe), removed in ``vortex_on_exit``, and swept by :func:`sweep_stale` if a
+Runtime died before it could remove it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from vortex.cgroups._common import find_v1_hierarchies
+from vortex.errors import CgroupError
+
+ALLOWED_DEVICES: tuple[str, ...] = (
+    "c *:* m",  # mknod of character devices (opening them is another matter)
+    "b *:* m",  # mknod of block devices
+    "c 1:3 rwm",  # /dev/null
+    "c 1:5 rwm",  # /dev/zero
+    "c 1:7 rwm",  # /dev/full
+    "c 1:8 rwm",  # /dev/random
+    "c 1:9 rwm",  # /dev/urandom
+    "c 5:0 rwm",  # /dev/tty
+    "c 5:1 rwm",  # /dev/console
+    "c 5:2 rwm",  # /dev/ptmx
+    "c 136:* rwm",  # /dev/pts/*
+)
+
+
+def devices_hierarchy() -> str | None:
+    """Mount point of the v1 devices hierarchy, or None (v2-only host)."""
+    return find_v1_hierarchies().get("devices")
+
+
+def v1_devices_dir(cgroup_paths: dict[str, str]) -> str | None:
+    """The container's directory in the devices hierarchy, placed like its other v1 dirs.
+
+    :param cgroup_paths: controller → directory of the container's v1 cgroup.
+    """
+    hierarchies = find_v1_hierarchies()
+    devices = hierarchies.get("devices")
+    if devices is None:
+        return None
+    for controller, directory in cgroup_paths.items():
+        mount = hierarchies.get(controller)
+        if mount and os.path.commonpath([mount, directory]) == mount:
+            return os.path.join(devices, os.path.relpath(directory, mount))
+    return None
+
+
+def restrict(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) -> None:
+    """Deny every device in an existing v1 devices cgroup, then allow ``rules``."""
+    _write(os.path.join(directory, "devices.deny"), "a")
+    for rule in rules:
+        _write(os.path.join(directory, "devices.allow"), rule)
+
+
+def sweep_stale(cgroup_paths: dict[str, str]) -> list[str]:
+    """Remove devices dirs left by a Runtime that died (kill -9) before its clean-up.
+
+    A container's devices dir is created after its main cgroup and removed
+    before it, so a devices dir whose name exists in none of the sibling
+    hierarchies is stale.  Returns the directories removed.
+    """
+    mine = v1_devices_dir(cgroup_paths)
+    if mine is None:
+        return []
+    parent = os.path.dirname(mine)
+    siblings = [os.path.dirname(p) for p in cgroup_paths.values()]
+    removed = []
+    try:
+        entries = [e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    for name in entries:
+        if any(os.path.isdir(os.path.join(s, name)) for s in siblings):
+            continue
+        try:
+            os.rmdir(os.path.join(parent, name))
+        except OSError:
+            continue  # still has tasks, or not ours to judge: leave it
+        removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value)
+    except OSError as exc:
+        raise CgroupError(f"write {value!r} to {path}: {exc.strerror}") from None
+
+
+def create_restricted(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) -> None:
+    """Make ``directory`` (parents too) and allow only ``rules`` in it."""
+    os.makedirs(directory, exist_ok=False)
+    try:
+        restrict(directory, rules)
+    except BaseException:
+        remove(directory)
+        raise
+
+
+def attach(directory: str, pid: int) -> None:
+    _write(os.path.join(directory, "cgroup.procs"), str(pid))
+
+
+def remove(directory: str, timeout: float = 2.0) -> None:
+    """rmdir, retrying while the last tasks of the container are being reaped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise CgroupError(f"remove {directory}: {exc.strerror}") from None
+            time.sleep(0.01)

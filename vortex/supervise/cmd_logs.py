@@ -1,0 +1,6 @@
+"""``vortex logs``: a client of the supervisor's control socket (see clients.py)."""
+
+from vortex.supervise.clients import logs_configure as configure_parser
+from vortex.supervise.clients import logs_main as main
+
+__all__ = ["configure_parser", "main"]
