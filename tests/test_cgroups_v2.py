@@ -9,7 +9,6 @@ nothing is left.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import signal
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from vortex import _linux
 from vortex.cgroups import CgroupError, Limits, MissingControllerError, detect
 from vortex.cgroups._common import parse_controllers, parse_flat_keyed
 from vortex.cgroups.v2 import V2Backend, V2Cgroup
@@ -88,37 +88,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
-
-
-# clone3 with CLONE_INTO_CGROUP, as the fork helper does it (PYTHON-TECH.md §3).
-# PyDLL keeps the GIL across the call, so the child cannot inherit a GIL that
-# another thread holds.
-_libc = ctypes.PyDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-SYS_clone3 = 435
-CLONE_PIDFD = 0x1000
-CLONE_INTO_CGROUP = 0x200000000
-
-
-class CloneArgs(ctypes.Structure):
-    """struct clone_args, version 2 (88 bytes, with the cgroup field)."""
-
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "flags",
-            "pidfd",
-            "child_tid",
-            "parent_tid",
-            "exit_signal",
-            "stack",
-            "stack_size",
-            "tls",
-            "set_tid",
-            "set_tid_size",
-            "cgroup",
-        )
-    ]
 
 
 def test_detect_returns_v2() -> None:
@@ -213,29 +182,20 @@ def test_clone_into_cgroup(backend: V2Backend) -> None:
     expected = f"0::/{backend.parent}/clone\n".encode()
     fd = cgroup.clone_fd()
     try:
-        pidfd = ctypes.c_int(-1)
-        args = CloneArgs(
-            flags=CLONE_PIDFD | CLONE_INTO_CGROUP,
-            pidfd=ctypes.addressof(pidfd),
-            exit_signal=signal.SIGCHLD,
-            cgroup=fd,
-        )
-        ret = _libc.syscall(
-            ctypes.c_long(SYS_clone3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
-        )
-        if ret == 0:  # the child: only syscalls, then _exit; never return into pytest
+        # The fork helper's own clone3 wrapper (PyDLL: the GIL stays held across it).
+        pid, pidfd = _linux.clone3(0, cgroup_fd=fd)
+        if pid == 0:  # the child: only syscalls, then _exit; never return into pytest
             try:
                 cg_fd = os.open("/proc/self/cgroup", os.O_RDONLY)
                 os._exit(0 if os.read(cg_fd, 4096) == expected else 1)
             finally:
                 os._exit(2)
-        assert ret > 0, os.strerror(ctypes.get_errno())
     finally:
         os.close(fd)
     try:
-        info = os.waitid(os.P_PIDFD, pidfd.value, os.WEXITED)
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
     finally:
-        os.close(pidfd.value)
+        os.close(pidfd)
     assert info is not None
     assert (info.si_code, info.si_status) == (os.CLD_EXITED, 0)
 

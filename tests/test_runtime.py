@@ -231,3 +231,19 @@ async def test_written_files_are_private_to_each_container(rootfs: Path) -> None
     assert (rootfs / "etc" / "hostname").read_text() == "original\n"
     assert (rootfs / "etc" / "motd").read_bytes() == b""
     assert not (rootfs / "dev" / ".vortex-files").exists()
+
+
+async def test_failed_start_closes_the_streams_it_opened(rootfs: Path) -> None:
+    fds_before = open_fds()
+    async with vortex.Runtime() as rt:
+        with pytest.raises(ExecError):
+            await rt.start(
+                ContainerSpec(
+                    rootfs=rootfs,
+                    command=["/no/such"],
+                    stdin=Stdio.STREAM,
+                    stdout=Stdio.STREAM,
+                    stderr=Stdio.STREAM,
+                )
+            )
+    assert set(open_fds()) == set(fds_before)

@@ -58,11 +58,8 @@ class Terminal:
 
     def close(self) -> int:
         try:
-            return self.proc.wait(timeout=10)
+            return self.close_keeping_master()
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
             os.close(self.master)
 
 

@@ -43,7 +43,7 @@ from vortex.pluginmanager import call_async, call_sync, load_plugins
 from vortex.result import RunResult
 from vortex.security.policy import SecurityPolicy
 from vortex.spec import ContainerSpec
-from vortex.state import DEFAULT_STATE_DIR, StateDir
+from vortex.state import DEFAULT_STATE_DIR, ContainerRecord, StateDir
 
 if TYPE_CHECKING:
     from vortex.cgroups.oom import OomWatch
@@ -172,7 +172,7 @@ class Runtime:
         self._containers[container_id] = container
         try:
             assert self.state is not None
-            self.state.record(container_id, container.name, container_id)
+            self.state.record(container_id, container.name, container_id, self.cgroups.parent)
             container.cgroup = self.cgroups.create(container_id)
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
             plan_ops: list[SetupOp] = []
@@ -218,12 +218,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ internals
 
-    def _remove_stale_cgroup(self, name: str) -> None:
+    def _remove_stale_cgroup(self, record: ContainerRecord) -> None:
+        """Remove the cgroup a dead Runtime left, under whichever parent it used."""
         assert self.cgroups is not None
+        backend = self.cgroups
         try:
-            self.cgroups.open(name).remove()
+            if record.cgroup_parent != backend.parent:
+                backend = cgroups.detect(self._cgroup_root, record.cgroup_parent)
+            backend.open(record.cgroup).remove()
         except VortexError as exc:
-            log.emit("warning", "cgroup.sweep_failed", cgroup=name, error=str(exc))
+            log.emit("warning", "cgroup.sweep_failed", cgroup=record.cgroup, error=str(exc))
 
     async def _abort(self, container: Container, launch: Launch, exc: BaseException) -> None:
         """A start failed: make sure the init is gone, then clean up like an exit."""
@@ -235,6 +239,10 @@ class Runtime:
                 await container.wait()  # the watcher reaps and cleans up
             else:
                 await self._finish(container, launch, None)
+            # The caller never gets this handle: close the streams it would have read.
+            for stream in (container.stdin, container.stdout, container.stderr):
+                if stream is not None:
+                    await stream.aclose()
 
     async def _watch(self, container: Container, launch: Launch) -> None:
         """Await the pidfd, reap, collect, run exit hooks, clean up."""

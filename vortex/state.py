@@ -33,6 +33,8 @@ class ContainerRecord:
     """Start time of the owner in clock ticks since boot (/proc/PID/stat field 22):
     together with the PID it identifies the process even after PID reuse."""
     cgroup: str
+    cgroup_parent: str = "vortex"
+    """The parent the cgroup was created under: Runtimes may use different ones."""
 
 
 def process_start_time(pid: int) -> int | None:
@@ -62,9 +64,11 @@ class StateDir:
                 "pass another one with state_dir="
             ) from exc
 
-    def record(self, container_id: str, name: str, cgroup: str) -> None:
+    def record(self, container_id: str, name: str, cgroup: str, cgroup_parent: str) -> None:
         self._ensure()
-        record = ContainerRecord(container_id, name, self.owner_pid, self.owner_start_time, cgroup)
+        record = ContainerRecord(
+            container_id, name, self.owner_pid, self.owner_start_time, cgroup, cgroup_parent
+        )
         temporary = self.path / f".{container_id}.tmp"
         temporary.write_text(json.dumps(asdict(record)))
         os.replace(temporary, self.path / f"{container_id}.json")
@@ -84,13 +88,13 @@ class StateDir:
                 continue  # unreadable or half-written by a crashed writer: not ours to judge
         return found
 
-    def sweep_stale(self, remove_cgroup: Callable[[str], None]) -> list[str]:
+    def sweep_stale(self, remove_cgroup: Callable[[ContainerRecord], None]) -> list[str]:
         """Remove what dead Runtimes left behind; returns the container ids swept."""
         swept = []
         for record in self.records():
             if process_start_time(record.owner_pid) == record.owner_start_time:
                 continue  # its Runtime is alive (maybe it is us)
-            remove_cgroup(record.cgroup)
+            remove_cgroup(record)
             self.forget(record.id)
             swept.append(record.id)
         for leftover in self.path.glob(".*.tmp") if self.path.is_dir() else ():

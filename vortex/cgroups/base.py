@@ -139,6 +139,9 @@ class Cgroup(abc.ABC):
 class CgroupBackend(abc.ABC):
     """Creates and finds container cgroups under Vortex's parent cgroup."""
 
+    parent: str
+    """The parent cgroup, relative to the hierarchy's root (e.g. ``vortex``)."""
+
     version: int
 
     @abc.abstractmethod
