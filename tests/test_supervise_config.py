@@ -135,6 +135,12 @@ MISTAKES = [
     ("metrics not loopback", '[supervisor]\nmetrics_address="0.0.0.0:9100"\n'
      '[container.a]\ncommand=["/x"]\n', "[supervisor]", "metrics_address", "loopback"),
     ("unknown default", '[container.a]\ncommand=["/x"]\n', "[defaults]", "bogus", "unknown key"),
+    ("security not a table", '[container.a]\ncommand=["/x"]\nsecurity="strict"\n',
+     "[container.a]", "security", "must be a table"),
+    ("security unknown key", '[container.a]\ncommand=["/x"]\nsecurity={caps=["X"]}\n',
+     "[container.a]", "security", "unknown key 'caps'"),
+    ("security bad flag", '[container.a]\ncommand=["/x"]\nsecurity={privileged="yes"}\n',
+     "[container.a]", "security", "must be true or false"),
 ]  # fmt: skip
 
 
@@ -210,3 +216,19 @@ def test_relative_rootfs_is_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "fs").mkdir()
     path = _write(tmp_path, '[container.a]\ncommand=["/x"]\nrootfs="fs"\n')
     assert load_config(path).services["a"].rootfs == tmp_path / "fs"
+
+
+def test_security_table_sets_the_container_security(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        f'[defaults]\nrootfs = "{tmp_path}"\nsecurity = {{ cap_add = ["NET_ADMIN"] }}\n'
+        '[container.a]\ncommand = ["/x"]\n'
+        '[container.b]\ncommand = ["/x"]\n'
+        'security = { seccomp = "unconfined", read_only = true, '
+        'ulimits = { nofile = "100:200" } }\n',
+    )
+    services = load_config(path).services
+    assert tuple(services["a"].security.cap_add) == ("NET_ADMIN",)
+    b = services["b"].security
+    assert b.seccomp == "unconfined" and b.read_only and b.ulimits == {"nofile": (100, 200)}
+    assert tuple(b.cap_add) == ()  # a container's table replaces the [defaults] one

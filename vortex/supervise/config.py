@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vortex.errors import SpecError, VortexError
+from vortex.security.options import SecurityOptions, options_from_mapping
 from vortex.spec import DEFAULT_MEMORY_LIMIT, DEFAULT_PATH, parse_size
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
@@ -57,6 +58,7 @@ CONTAINER_KEYS = frozenset(
         "depends_on",
         "health",
         "logs",
+        "security",
     }
 )
 BACKOFF_KEYS = frozenset({"initial", "max", "multiplier", "reset_after"})
@@ -137,6 +139,8 @@ class ServiceConfig:
     depends_on: tuple[str, ...] = ()
     health: HealthCheck | None = None
     logs: LogSettings = field(default_factory=LogSettings)
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+    """The ``security`` table: the same settings as vortex run's security flags."""
 
 
 @dataclass(frozen=True)
@@ -382,9 +386,23 @@ class _Checker:
             self._health(where, t["health"], values)
         if "logs" in t:
             self._logs(where, t["logs"], values)
+        if "security" in t:
+            self._security(where, t["security"], values)
         if len(self.problems) != before:
             return None
         return ServiceConfig(name=name, **values)
+
+    def _security(self, where: str, table: Any, values: dict[str, Any]) -> None:
+        if not isinstance(table, dict):
+            self.problem(where, "security", "must be a table such as { cap_add = ['NET_ADMIN'] }")
+            return
+        try:
+            options = options_from_mapping(table, where="security")
+            options.validate()
+        except SpecError as exc:
+            self.problem(where, "security", str(exc))
+            return
+        values["security"] = options
 
     def _user(self, where: str, user: Any, values: dict[str, Any]) -> None:
         uid = gid = None

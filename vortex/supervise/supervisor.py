@@ -149,6 +149,7 @@ class Service:
             hostname=c.hostname,
             name=c.name,
             resources=Resources(memory=c.memory, pids=c.pids, cpus=c.cpus),
+            security=c.security,
             stdin=Stdio.NULL,
             stdout=Stdio.STREAM,
             stderr=Stdio.STREAM,
