@@ -17,12 +17,12 @@ from tests.conftest import VORTEX
 class Terminal:
     """The user's side of a pty in which ``vortex run`` runs."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], *, new_session: bool = True) -> None:
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
         self.initial_attributes = termios.tcgetattr(slave)
         self.proc = subprocess.Popen(
-            argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+            argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=new_session
         )
         os.close(slave)
         self.seen = b""
@@ -100,3 +100,18 @@ def test_terminal_is_restored_after_exit(rootfs: Path) -> None:
     # The relay put the caller's terminal in raw mode; it is back to what it was.
     assert termios.tcgetattr(term.master) == term.initial_attributes
     os.close(term.master)
+
+
+def test_terminal_hang_up_while_running(rootfs: Path) -> None:
+    # The user's terminal goes away (its window closed) while the command runs:
+    # vortex forwards the SIGHUP, finishes without a traceback, leaves nothing.
+    script = "trap 'exit 3' HUP; echo ready; sleep 5 & wait"
+    # setsid --ctty: vortex leads a session whose controlling terminal is this pty,
+    # as under a terminal emulator, so the kernel sends it SIGHUP on hang-up.
+    term = Terminal(
+        ["setsid", "--ctty", *VORTEX, "run", str(rootfs), "/bin/sh", "-c", script],
+        new_session=False,
+    )
+    term.expect(b"ready")
+    os.close(term.master)
+    assert term.proc.wait(timeout=10) == 3

@@ -38,7 +38,9 @@ def raw_mode(fd: int) -> Iterator[None]:
         tty.setraw(fd)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # EIO: the terminal went away (its emulator closed); nothing to restore.
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 async def relay(master: int, in_fd: int = 0, out_fd: int = 1) -> None:
