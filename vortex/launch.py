@@ -16,6 +16,7 @@ import anyio
 import anyio.abc
 
 from vortex import _linux as L
+from vortex import log
 from vortex.container import Container
 from vortex.errors import ContainerSetupError, ExecError, HelperError
 from vortex.helper.client import ForkHelper
@@ -247,8 +248,14 @@ class Launch:
             task_group.start_soon(self._relay_terminal, master)
 
     async def _relay_terminal(self, master: int) -> None:
+        # This task lives in the Runtime's task group: an error here must not cancel
+        # every other container of the Runtime, only end this relay.
         try:
             await relay(master, 0, 1)
+        except OSError as exc:
+            log.emit(
+                "error", "terminal.relay_failed", container_id=self.container.id, error=str(exc)
+            )
         finally:
             self._output_finished()
 
