@@ -27,7 +27,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vortex import _linux as L
 from vortex import ops
@@ -105,7 +105,6 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     # fds received over SCM_RIGHTS arrive without close-on-exec; the error pipe must
     # close at exec, or the Runtime would only learn "exec succeeded" at exit.
     os.set_inheritable(fds["errors"], False)
-    # The helper ignores SIGINT; an exec'd command must start with default dispositions.
     # execve keeps ignored signals ignored: CPython ignores SIGPIPE and SIGXFSZ, the
     # helper SIGINT.  The command must start with every disposition at its default.
     for sig in signal.valid_signals():
@@ -164,9 +163,9 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     _exec(plan.argv, dict(plan.env))
 
 
-def _step(action: object, what: str) -> None:
+def _step(action: Callable[[], object], what: str) -> None:
     try:
-        action()  # type: ignore[operator]
+        action()
     except OSError as exc:
         raise InitFailure(f"{what}: {_strerror(exc)}") from None
 
