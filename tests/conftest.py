@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from vortex.cgroups.v1 import V1Backend
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -125,6 +130,45 @@ def no_leaks() -> Iterator[None]:
     leaked_fds = {fd: target for fd, target in open_fds().items() if fd not in fds_before}
     assert not leaked_fds, f"file descriptors left open: {leaked_fds}"
     assert _mounts() == mounts_before, "the host's mount table changed"
+
+
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Popen that kills and reaps whatever the test left running, and closes its pipes."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
+        children.append(proc)
+        return proc
+
+    yield start
+    for proc in children:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def v1_backend() -> Iterator[V1Backend]:
+    """A v1 backend with a fresh parent; afterwards no directory may remain anywhere."""
+    from vortex.cgroups.v1 import V1Backend
+
+    b = V1Backend(parent=f"vortex-test-{secrets.token_hex(4)}", timeout=10.0)
+    yield b
+    for name in b.names():
+        b.open(name).remove()
+    for parent in b.parent_paths():
+        if os.path.isdir(parent):
+            assert not [e for e in os.scandir(parent) if e.is_dir()], parent
+            os.rmdir(parent)
+    assert not any(os.path.exists(p) for p in b.parent_paths())
 
 
 def run_vortex(

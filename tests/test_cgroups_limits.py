@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,15 +183,8 @@ def test_flag_parsing(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def backend() -> Iterator[V1Backend]:
-    b = V1Backend(parent=f"vortex-test-{secrets.token_hex(4)}", timeout=10.0)
-    yield b
-    for name in b.names():
-        b.open(name).remove()
-    for parent in b.parent_paths():
-        if os.path.isdir(parent):
-            assert not [e for e in os.scandir(parent) if e.is_dir()], parent
-            os.rmdir(parent)
+def backend(v1_backend: V1Backend) -> V1Backend:
+    return v1_backend
 
 
 def read(path: str | None, filename: str) -> str:

@@ -8,14 +8,13 @@ and checks that nothing is left in any hierarchy.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import Spawn
 from vortex.cgroups import CgroupError, Limits, MissingControllerError, detect
 from vortex.cgroups._common import find_v1_hierarchies, parse_flat_keyed
 from vortex.cgroups.v1 import CONTROLLERS, ON_DEMAND, V1Backend, V1Cgroup
@@ -36,41 +35,10 @@ HOG = (
     "import sys\nsys.stdin.read(1)\nchunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))\n"
 )
 
-Spawn = Callable[..., "subprocess.Popen[bytes]"]
-
 
 @pytest.fixture
-def backend() -> Iterator[V1Backend]:
-    """A backend with a fresh parent; afterwards no directory may remain anywhere."""
-    b = V1Backend(parent=f"vortex-test-{secrets.token_hex(4)}", timeout=10.0)
-    yield b
-    for name in b.names():
-        b.open(name).remove()
-    for parent in b.parent_paths():
-        if os.path.isdir(parent):
-            assert not [e for e in os.scandir(parent) if e.is_dir()], parent
-            os.rmdir(parent)
-    assert not any(os.path.exists(p) for p in b.parent_paths())
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Popen that kills and reaps whatever the test left running, and closes its pipes."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
-        children.append(proc)
-        return proc
-
-    yield start
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+def backend(v1_backend: V1Backend) -> V1Backend:
+    return v1_backend
 
 
 def read(cgroup: V1Cgroup, controller: str, filename: str) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import Spawn
 from vortex import _linux
 from vortex.cgroups import CgroupError, Limits, MissingControllerError, detect
 from vortex.cgroups._common import parse_controllers, parse_flat_keyed
@@ -35,8 +36,6 @@ HOG = (
     "import sys\nsys.stdin.read(1)\nchunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))\n"
 )
 
-Spawn = Callable[..., "subprocess.Popen[bytes]"]
-
 
 @pytest.fixture
 def backend() -> Iterator[V2Backend]:
@@ -49,26 +48,6 @@ def backend() -> Iterator[V2Backend]:
         assert not [e for e in os.scandir(b.parent_path) if e.is_dir()]
         os.rmdir(b.parent_path)
     assert not os.path.exists(b.parent_path)
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Popen that kills and reaps whatever the test left running, and closes its pipes."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
-        children.append(proc)
-        return proc
-
-    yield start
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def read(cgroup: V2Cgroup, filename: str) -> str:
