@@ -160,20 +160,7 @@ async def test_200_containers_back_to_back_leave_nothing(rootfs: Path) -> None:
     assert not any(os.scandir("/run/vortex/containers"))
 
 
-async def test_runtime_needs_root(rootfs: Path) -> None:
-    # Checked in-process through the real euid switch of a child process.
-    code = (
-        # Import first: as nobody, the interpreter's site-packages may be unreadable.
-        "import os, anyio, anyio._backends._asyncio, vortex, vortex.errors, vortex.runtime\n"
-        "os.setresuid(65534, 65534, 65534)\n"
-        "async def main():\n"
-        "    async with vortex.Runtime(): pass\n"
-        "try:\n    anyio.run(main)\n"
-        "except vortex.errors.PermissionDeniedError as e:\n    print('refused:', e)\n"
-    )
-    proc = await anyio.run_process(["python3", "-c", code], check=False)
-    assert b"refused: vortex needs root" in proc.stdout, proc.stderr
-    assert os.geteuid() == 0
+# A non-root Runtime runs rootless: tests/test_rootless.py (library and CLI).
 
 
 async def test_init_is_in_its_cgroup_before_the_command_runs(rootfs: Path) -> None:

@@ -83,12 +83,7 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
         cpus=parse_cpus(args.cpus) if args.cpus is not None else None,
         **cgroup_resources,
     )
-    explicit = (
-        args.memory is not None
-        or args.pids is not None
-        or args.cpus is not None
-        or bool(cgroup_resources)
-    )
+    explicit = _explicit_limits(args, cgroup_resources)
     if "limits" in args.no_plugin and explicit:
         raise SpecError(
             "--memory/--pids/--cpus and the other cgroup limits need the 'limits' plugin, "
@@ -109,16 +104,39 @@ def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        from vortex.errors import PermissionDeniedError
+def _explicit_limits(args: argparse.Namespace, cgroup_resources: dict[str, Any]) -> bool:
+    return (
+        args.memory is not None
+        or args.pids is not None
+        or args.cpus is not None
+        or bool(cgroup_resources)
+    )
 
-        raise PermissionDeniedError(
-            "vortex run needs root (or CAP_SYS_ADMIN) for namespaces and cgroups: run it with sudo"
-        )
+
+def _rootless_resources(args: argparse.Namespace, spec: ContainerSpec) -> ContainerSpec:
+    """Without a delegated cgroup: explicit limits are an error, the default memory
+    limit is dropped with one warning line (docs/security.md, "Rootless")."""
+    import dataclasses
+
+    from vortex import rootless
+    from vortex.cgroups.options import resources_from_args
+    from vortex.errors import PermissionDeniedError
+
+    if rootless.delegated_cgroup_parent() is not None:
+        return spec  # the Runtime uses the delegated cgroup and applies the limits there
+    if _explicit_limits(args, resources_from_args(args)):
+        raise PermissionDeniedError(rootless.LIMITS_UNAVAILABLE.format(uid=os.geteuid()))
+    if "limits" not in args.no_plugin:
+        print(rootless.NO_CGROUP_WARNING, file=sys.stderr)
+    return dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, memory=None))
+
+
+def main(args: argparse.Namespace) -> int:
     import anyio
 
     spec = _spec_from_args(args)
+    if os.geteuid() != 0:
+        spec = _rootless_resources(args, spec)
     spec.validate()  # before any process or cgroup exists
     return anyio.run(_run_container, spec, args.no_plugin, args.cgroup_parent)
 

@@ -30,12 +30,9 @@ import anyio
 import anyio.abc
 import pluggy
 
-from vortex import cgroups, log
+from vortex import cgroups, log, rootless
 from vortex.container import Container
-from vortex.errors import (
-    PermissionDeniedError,
-    VortexError,
-)
+from vortex.errors import VortexError
 from vortex.helper.client import ForkHelper
 from vortex.launch import Launch
 from vortex.ops import SetupOp
@@ -88,18 +85,21 @@ class Runtime:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Runtime:
-        if os.geteuid() != 0:
-            raise PermissionDeniedError(
-                "vortex needs root (or CAP_SYS_ADMIN) to create namespaces and cgroups: "
-                "run it with sudo"
-            )
+        if rootless.is_rootless():
+            rootless.check_user_namespaces()
+            if self._state_dir == DEFAULT_STATE_DIR:
+                self._state_dir = rootless.state_dir()
         # The helper first: after this point plugins and anyio may start threads.
         self._helper = ForkHelper.start()
         try:
             self.plugin_manager = load_plugins(
                 self._disabled, extra=self._extra_plugins, entry_points=self._entry_points
             )
-            self.cgroups = cgroups.detect(self._cgroup_root, self._cgroup_parent)
+            if not rootless.is_rootless():
+                self.cgroups = cgroups.detect(self._cgroup_root, self._cgroup_parent)
+            elif (delegated := rootless.delegated_cgroup_parent(self._cgroup_root)) is not None:
+                self.cgroups = cgroups.detect(self._cgroup_root, delegated)
+            # else rootless without a delegated cgroup: containers get none (cgroup None)
             self.state = StateDir(self._state_dir)
             for swept in self.state.sweep_stale(self._remove_stale_cgroup):
                 log.emit("info", "container.swept", container_id=swept)
@@ -157,7 +157,7 @@ class Runtime:
         """Clone the container's init, place it in its cgroup, run ``post_cgroup``
         hooks, and leave it waiting: :meth:`resume` lets it set up and exec."""
         assert self._helper is not None and self._task_group is not None
-        assert self.plugin_manager is not None and self.cgroups is not None
+        assert self.plugin_manager is not None
         spec.validate()
         # What secrets.token_hex(16) returns, without importing hmac and hashlib
         # (~3-4 ms of a cold start) for it.
@@ -172,8 +172,10 @@ class Runtime:
         self._containers[container_id] = container
         try:
             assert self.state is not None
-            self.state.record(container_id, container.name, container_id, self.cgroups.parent)
-            container.cgroup = self.cgroups.create(container_id)
+            parent = self.cgroups.parent if self.cgroups is not None else ""
+            self.state.record(container_id, container.name, container_id, parent)
+            if self.cgroups is not None:
+                container.cgroup = self.cgroups.create(container_id)
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
             plan_ops: list[SetupOp] = []
             for contributed in call_sync(
@@ -186,7 +188,7 @@ class Runtime:
             self._task_group.start_soon(self._watch, container, launch)
             _start_oom_watch(self._task_group, container)
             launch.start_output_tasks(self._task_group)
-            if not launch.cloned_into_cgroup:
+            if container.cgroup is not None and not launch.cloned_into_cgroup:
                 container.cgroup.attach(launch.pid)
             await call_async(self.plugin_manager, "vortex_post_cgroup", container=container)
         except BaseException as exc:
@@ -220,7 +222,8 @@ class Runtime:
 
     def _remove_stale_cgroup(self, record: ContainerRecord) -> None:
         """Remove the cgroup a dead Runtime left, under whichever parent it used."""
-        assert self.cgroups is not None
+        if self.cgroups is None or not record.cgroup_parent:
+            return  # rootless without a cgroup: nothing was created
         backend = self.cgroups
         try:
             if record.cgroup_parent != backend.parent:

@@ -130,7 +130,9 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     os.setsid()
 
     rootfs = os.path.realpath(plan.rootfs)
-    _setup_mounts(rootfs, plan.ops, nodev=sec.nodev_rootfs, bind_devices=sec.userns)
+    _setup_mounts(
+        rootfs, plan.ops, nodev=sec.nodev_rootfs, bind_devices=sec.userns, rootless=sec.rootless
+    )
     _step(lambda: os.chdir(rootfs), "chdir to rootfs")
     # new_root == put_old: the old root ends up stacked under "/" and is detached right
     # away, so no directory for it has to exist (or be removed) in the rootfs.
@@ -228,6 +230,7 @@ def _setup_mounts(
     *,
     nodev: bool = False,
     bind_devices: bool = False,
+    rootless: bool = False,
 ) -> None:
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
@@ -242,7 +245,9 @@ def _setup_mounts(
     _ensure_dir(sys_dir)
     _mount("sysfs", sys_dir, "sysfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV)
 
-    _setup_dev(os.path.join(rootfs, "dev"), nodev=nodev, bind_devices=bind_devices)
+    _setup_dev(
+        os.path.join(rootfs, "dev"), nodev=nodev, bind_devices=bind_devices, rootless=rootless
+    )
 
     for op in plan_ops:
         _apply(rootfs, op, nodev=nodev)
@@ -250,7 +255,9 @@ def _setup_mounts(
         os.rmdir(os.path.join(rootfs, _STAGING))
 
 
-def _setup_dev(dev: str, *, nodev: bool = False, bind_devices: bool = False) -> None:
+def _setup_dev(
+    dev: str, *, nodev: bool = False, bind_devices: bool = False, rootless: bool = False
+) -> None:
     """A tmpfs /dev with the standard nodes.  With ``nodev`` (restricted devices) the
     tmpfs is mounted nodev, so a node created in it by the container cannot be
     opened, and the standard nodes are bind mounts of the host's instead."""
@@ -279,7 +286,8 @@ def _setup_dev(dev: str, *, nodev: bool = False, bind_devices: bool = False) -> 
         os.path.join(dev, "pts"),
         "devpts",
         L.MS_NOSUID | L.MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        # Rootless, gid 5 (tty) is not mapped in the user namespace: no gid option.
+        "newinstance,ptmxmode=0666,mode=0620" + ("" if rootless else ",gid=5"),
     )
     _mount(
         "shm",

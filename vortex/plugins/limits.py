@@ -9,6 +9,7 @@ continues) the command never runs a single instruction unlimited.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from vortex.cgroups.base import Limits
 from vortex.container import Container
@@ -24,5 +25,16 @@ def limits_of(resources: Resources) -> Limits:
 @hookimpl(tryfirst=True)
 def vortex_prepare(container: Container) -> None:
     limits = limits_of(container.spec.resources)
-    if container.cgroup is not None and limits != Limits():
-        container.cgroup.apply(limits)
+    if limits == Limits():
+        return
+    if container.cgroup is None:
+        # Rootless without a delegated cgroup: a requested limit is never skipped
+        # silently.  (The CLI drops only its default memory limit, with a warning.)
+        from vortex import rootless
+        from vortex.errors import MissingControllerError
+
+        raise MissingControllerError(
+            rootless.LIMITS_UNAVAILABLE.format(uid=os.geteuid())
+            + "; from the library, pass Resources(memory=None) to run without limits"
+        )
+    container.cgroup.apply(limits)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
-from vortex import log
+from vortex import log, rootless
 from vortex.cgroups.v1 import V1Cgroup
 from vortex.container import Container
 from vortex.errors import SpecError
@@ -67,7 +67,22 @@ def vortex_security(container: Container, policy: SecurityPolicy) -> None:
         policy.rlimits[name] = (soft, hard)
     if "nofile" not in policy.rlimits:
         policy.rlimits["nofile"] = clamp_to_host(RLIMITS["nofile"], *DEFAULT_NOFILE)
-    if options.userns is not None:
+    if rootless.is_rootless():
+        # Rootless: always a user namespace whose root is the caller (docs/security.md).
+        if options.userns is not None:
+            raise SpecError(
+                "--userns: rootless containers map only the caller's own uid and gid; "
+                "drop --userns or run vortex as root"
+            )
+        user = container.spec.user
+        if user.uid != 0 or user.gid != 0:
+            raise SpecError(
+                f"--user {user.uid}:{user.gid}: a rootless container maps only uid and gid 0 "
+                f"(the caller); run vortex as root for other users"
+            )
+        policy.uid_map, policy.gid_map = rootless.id_maps()
+        policy.rootless = True
+    elif options.userns is not None:
         _check_reachable(str(container.spec.rootfs))
         (uid, uids), (gid, gids) = user_namespace_range(options.userns)
         policy.uid_map = ((0, uid, uids),)
@@ -135,7 +150,7 @@ def vortex_post_cgroup(container: Container) -> None:
         return
     if policy.uid_map and container.pid is not None:
         # The init waits on its sync pipe until every post_cgroup hook is done.
-        write_id_maps(container.pid, policy.uid_map, policy.gid_map)
+        write_id_maps(container.pid, policy.uid_map, policy.gid_map, deny_setgroups=policy.rootless)
     if not policy.restrict_devices:
         return
     cgroup = container.cgroup

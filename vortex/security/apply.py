@@ -103,7 +103,8 @@ def switch_user(uid: int, gid: int, security: InitSecurity) -> None:
     keep = security.capabilities is not None
     if keep:
         capabilities.set_keep_caps(True)
-    os.setgroups([])
+    if not security.rootless:  # rootless, setgroups is denied in the namespace
+        os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
     if keep:
@@ -131,8 +132,12 @@ def lock_down(security: InitSecurity) -> None:
 
 
 def become_namespace_root() -> None:
-    """setgroups([]), then gid and uid 0 of the (already mapped) user namespace."""
-    os.setgroups([])
+    """setgroups([]), then gid and uid 0 of the (already mapped) user namespace.
+
+    Rootless, setgroups is denied in the namespace (EPERM) and the caller's
+    supplementary groups are kept by the kernel, unmapped (shown as nogroup)."""
+    with contextlib.suppress(PermissionError):
+        os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
@@ -141,8 +146,15 @@ def write_id_maps(
     pid: int,
     uid_map: tuple[tuple[int, int, int], ...],
     gid_map: tuple[tuple[int, int, int], ...],
+    *,
+    deny_setgroups: bool = False,
 ) -> None:
-    """Runtime side: write /proc/PID/{uid,gid}_map of a freshly cloned init."""
+    """Runtime side: write /proc/PID/{uid,gid}_map of a freshly cloned init.
+
+    An unprivileged writer must deny setgroups before writing gid_map (user_namespaces(7))."""
+    if deny_setgroups:
+        with open(f"/proc/{pid}/setgroups", "w", encoding="ascii") as f:
+            f.write("deny")
     for name, entries in (("uid_map", uid_map), ("gid_map", gid_map)):
         text = "".join(f"{inside} {outside} {count}\n" for inside, outside, count in entries)
         with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:

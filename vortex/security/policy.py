@@ -70,6 +70,8 @@ class SecurityPolicy:
     uid_map: tuple[tuple[int, int, int], ...] = ()
     """(inside, outside, count) lines: non-empty means a user namespace."""
     gid_map: tuple[tuple[int, int, int], ...] = ()
+    rootless: bool = False
+    """Run by an unprivileged user: single-id maps, setgroups denied (vortex/rootless.py)."""
 
     def compile(self) -> InitSecurity:
         """Check what plugins wrote, compile the seccomp profile, freeze the result."""
@@ -107,6 +109,7 @@ class SecurityPolicy:
             ),
             nodev_rootfs=self.restrict_devices,
             userns=bool(self.uid_map),
+            rootless=self.rootless,
         )
 
 
@@ -128,6 +131,8 @@ class InitSecurity:
     nodev_rootfs: bool = False
     userns: bool = False
     """Cloned with CLONE_NEWUSER; the Runtime writes the maps before the init goes on."""
+    rootless: bool = False
+    """Only the caller's uid/gid are mapped: no gid=5 for devpts."""
 
 
 def clamp_to_host(limit: int, soft: int, hard: int) -> tuple[int, int]:
