@@ -167,8 +167,14 @@ class Launch:
             task_group.start_soon(self._feed_stdin)
 
     async def _capture(self, name: str, stream: FdReceiveStream) -> None:
+        # Like the terminal relay, this task lives in the Runtime's task group: an
+        # I/O error ends this capture (logged), never the other containers.
         try:
             self._captured[name] = self._captured.get(name, b"") + await read_all(stream)
+        except OSError as exc:
+            log.emit(
+                "error", "output.capture_failed", container_id=self.container.id, error=str(exc)
+            )
         finally:
             await stream.aclose()
             self._output_finished()
@@ -185,6 +191,8 @@ class Launch:
             await stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the command exited without reading everything, as with a shell pipe
+        except OSError as exc:
+            log.emit("error", "input.feed_failed", container_id=self.container.id, error=str(exc))
         finally:
             await stream.aclose()
 
