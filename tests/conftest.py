@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from vortex.cgroups.base import Cgroup
     from vortex.cgroups.v1 import V1Backend
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -169,6 +170,26 @@ def v1_backend() -> Iterator[V1Backend]:
             assert not [e for e in os.scandir(parent) if e.is_dir()], parent
             os.rmdir(parent)
     assert not any(os.path.exists(p) for p in b.parent_paths())
+
+
+def attached_worker(spawn: Spawn, cgroup: Cgroup, hold: float) -> subprocess.Popen[bytes]:
+    """A Python process attached to ``cgroup`` *before* it does anything, which then
+    holds 20 MiB and burns 0.2 s of CPU, says ``ready`` and sleeps ``hold`` seconds:
+    known numbers for the stats tests of both backends."""
+    worker = spawn(
+        [sys.executable, "-c", "import sys, time\nsys.stdin.read(1)\n"
+         "data = bytearray(b'x') * (20 << 20)\nt = time.process_time()\n"
+         "while time.process_time() - t < 0.2: pass\nprint('ready', flush=True)\n"
+         f"time.sleep({hold})\n"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    cgroup.attach(worker.pid)
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write(b"g")
+    worker.stdin.flush()
+    assert worker.stdout.readline() == b"ready\n"
+    return worker
 
 
 def run_vortex(

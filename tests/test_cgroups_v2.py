@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Spawn
+from tests.conftest import Spawn, attached_worker
 from vortex import _linux
 from vortex.cgroups import CgroupError, Limits, MissingControllerError, detect
 from vortex.cgroups._common import parse_controllers, parse_flat_keyed
@@ -199,19 +199,7 @@ def test_stats_are_plausible(backend: V2Backend, spawn: Spawn) -> None:
     cgroup = backend.create("stats")
     empty = cgroup.stats()
     assert (empty.pids_current, empty.oom_kills) == (0, 0)
-    worker = spawn(
-        [sys.executable, "-c", "import sys, time\nsys.stdin.read(1)\n"
-         "data = bytearray(b'x') * (20 << 20)\nt = time.process_time()\n"
-         "while time.process_time() - t < 0.2: pass\nprint('ready', flush=True)\n"
-         "time.sleep(60)\n"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    cgroup.attach(worker.pid)
-    assert worker.stdin is not None and worker.stdout is not None
-    worker.stdin.write(b"g")
-    worker.stdin.flush()
-    assert worker.stdout.readline() == b"ready\n"
+    attached_worker(spawn, cgroup, hold=60)
     stats = cgroup.stats()
     assert stats.memory_current is not None and stats.memory_current >= 20 * MiB
     assert stats.memory_peak is not None and stats.memory_peak >= stats.memory_current
