@@ -202,12 +202,14 @@ class Runtime:
         launch = self._launches.pop(container.id)
         try:
             await launch.release_and_await_exec()
+            container.state = "running"
+            if container.spec.tty:
+                await launch.attach_terminal(self._task_group)  # type: ignore[arg-type]
         except BaseException as exc:
+            # Also when the terminal could not be attached: the caller gets no handle,
+            # so the container must not keep running unseen.
             await self._abort(container, launch, exc)
             raise
-        container.state = "running"
-        if container.spec.tty:
-            await launch.attach_terminal(self._task_group)  # type: ignore[arg-type]
         assert self.plugin_manager is not None
         launch.post_start_done = anyio.Event()
         try:
