@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.proccpu import process_cpu
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HYBRID_CGROUP2 = "/sys/fs/cgroup/unified"
@@ -61,6 +63,11 @@ class Subject:
     command: Callable[[int], list[str]]
     """Command line for run number ``i`` (container ids must be unique)."""
     note: str = ""
+    env: dict[str, str] | None = None
+    """Environment of the command (None: ours)."""
+    resident_pid: int | None = None
+    """A process that does part of the work and is not reaped per run (the
+    daemon): its CPU time, and that of its live children, counts too."""
 
 
 @dataclass
@@ -144,15 +151,33 @@ def build_bundle(out: Path, rootfs: Path, tool: str) -> Path:
     return bundle
 
 
-def subjects(rootfs: Path, ref: Path, bundle: Path | None) -> tuple[list[Subject], list[str]]:
+def subjects(
+    rootfs: Path, ref: Path, bundle: Path | None, daemon: Daemon
+) -> tuple[list[Subject], list[str]]:
     """The cold-start subjects available here, and notes on the skipped ones."""
     tag = f"vxb{os.getpid()}"
+    vortex_run = [sys.executable, "-m", "vortex", "run", str(rootfs), "/bin/true"]
     found = [
         Subject(
-            "vortex", lambda i: [sys.executable, "-m", "vortex", "run", str(rootfs), "/bin/true"]
+            "vortex",
+            lambda i: vortex_run,
+            "in-process: no daemon",
+            env=dict(os.environ, VORTEX_DAEMON_SOCKET="off"),
+        ),
+        Subject(
+            "vortex via daemon",
+            lambda i: vortex_run,
+            "the same command, served by a running `vortex daemon` (its CPU included)",
+            env=dict(os.environ, VORTEX_DAEMON_SOCKET=str(daemon.socket)),
+            resident_pid=daemon.pid,
         ),
         Subject("C reference", lambda i: [str(ref), str(rootfs), "/bin/true"]),
         Subject("python -c pass", lambda i: [sys.executable, "-c", "pass"]),
+        Subject(
+            "python -S -c pass",
+            lambda i: [sys.executable, "-S", "-c", "pass"],
+            "without site: what this machine's .pth files cost every Python start",
+        ),
     ]
     skipped = []
     runc, crun, bwrap = _which("runc"), _which("crun"), _which("bwrap")
@@ -222,30 +247,68 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(command: Sequence[str]) -> tuple[float, float]:
-    """Spawn, wait; (wall seconds, CPU seconds of the process and what it reaped)."""
+def run_once(subject: Subject, round_: int) -> tuple[float, float]:
+    """Spawn, wait; (wall seconds, CPU seconds of the process and what it reaped,
+    plus the resident process's share)."""
+    command = subject.command(round_)
+    resident = process_cpu(subject.resident_pid) if subject.resident_pid else 0.0
     cpu = _children_cpu()
     started = time.perf_counter()
     proc = subprocess.run(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=subject.env,
     )
     wall = time.perf_counter() - started
+    cpu = _children_cpu() - cpu
+    if subject.resident_pid:
+        cpu += process_cpu(subject.resident_pid) - resident
     if proc.returncode != 0:
         raise RuntimeError(
             f"{command[0]} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}"
         )
-    return wall, _children_cpu() - cpu
+    return wall, cpu
 
 
 def cold(found: list[Subject], runs: int, warmup: int) -> dict[str, Samples]:
     results = {s.name: Samples() for s in found}
     for round_ in range(warmup + runs):
         for subject in found:
-            wall, cpu = run_once(subject.command(round_))
+            wall, cpu = run_once(subject, round_)
             if round_ >= warmup:
                 results[subject.name].wall.append(wall)
                 results[subject.name].cpu.append(cpu)
+    for subject in found:
+        if subject.resident_pid:
+            # The resident share comes in clock ticks (10 ms): spread it evenly.
+            samples = results[subject.name].cpu
+            mean = statistics.fmean(samples)
+            results[subject.name].cpu = [mean] * len(samples)
     return results
+
+
+class Daemon:
+    """A ``vortex daemon`` for the "vortex via daemon" subject."""
+
+    def __init__(self, out: Path) -> None:
+        self.socket = out / "daemon.sock"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vortex", "daemon", "--socket", str(self.socket)],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 60
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("vortex daemon did not start listening")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 class Worker:
@@ -281,10 +344,10 @@ def batch(subject: Subject, n: int, concurrency: int, first: int) -> dict[str, A
     cpu, started = _children_cpu(), time.perf_counter()
     if concurrency == 1:
         for i in range(n):
-            run_once(subject.command(first + i))
+            run_once(subject, first + i)
     else:
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda i: run_once(subject.command(first + i)), range(n)))
+            list(pool.map(lambda i: run_once(subject, first + i), range(n)))
     return {"wall": time.perf_counter() - started, "cpu": _children_cpu() - cpu, "n": n}
 
 
@@ -498,14 +561,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rootfs = build_rootfs(out, stamp)
     tool = _which("runc") or _which("crun")
     bundle = build_bundle(out, rootfs, tool) if tool else None
-    found, skipped = subjects(rootfs, ref, bundle)
+    daemon = Daemon(out)
+    found, skipped = subjects(rootfs, ref, bundle, daemon)
     for note in skipped:
         print(f"skipped: {note}; install with: apt-get install runc crun bubblewrap")
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
 
     started = time.monotonic()
-    cold_results = cold(found, args.cold_runs, args.warmup)
+    try:
+        cold_results = cold(found, args.cold_runs, args.warmup)
+    finally:
+        daemon.close()
     print(f"\n{report_cold(cold_results)}", flush=True)
     worker = Worker(rootfs)
     try:

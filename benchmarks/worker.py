@@ -33,30 +33,8 @@ from typing import Any
 import anyio
 
 import vortex
+from benchmarks.proccpu import process_cpu
 from vortex import ContainerSpec, Stdio
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    """CPU seconds of our live (unreaped) children: the fork helper, mostly.
-
-    ``os.times()`` only counts children once they are reaped; the fork helper
-    lives as long as the Runtime, and its clones are part of the cost.
-    """
-    total = 0.0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            children = Path(f"/proc/self/task/{tid}/children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-    return total
 
 
 def _rss() -> int:
@@ -66,9 +44,9 @@ def _rss() -> int:
 
 
 def _cpu() -> float:
-    """Our CPU time, that of reaped children (the container inits) and live ones."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system + _children_cpu()
+    """Our CPU time, that of reaped children (the container inits) and live ones
+    (the fork helper)."""
+    return process_cpu("self")
 
 
 class ExitClock:

@@ -60,6 +60,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 VORTEX = [sys.executable, "-m", "vortex"]
 """How tests start the CLI: the same interpreter, the installed package."""
 
+# A ``vortex daemon`` someone runs on this machine must not serve the suite's
+# ``vortex run``s: tests/test_daemon.py starts its own and points them at it.
+os.environ["VORTEX_DAEMON_SOCKET"] = "off"
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -37,7 +37,7 @@ def test_benchmarks_run_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((out / "results.json").read_text())
-    assert {"vortex", "C reference", "python -c pass"} <= set(data["cold"])
+    assert {"vortex", "vortex via daemon", "C reference", "python -c pass"} <= set(data["cold"])
     for subject in data["cold"].values():
         assert len(subject["wall"]) == 2
     assert {"vortex library", "C reference"} <= set(data["sequential"])

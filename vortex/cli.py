@@ -10,12 +10,15 @@ and the error's exit status here, at the edge.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
-from collections.abc import Sequence
 
 from vortex.errors import VortexError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("vortex.run_command", "run a command in a new container"),
@@ -28,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("vortex.supervise.cmd_logs", "print a supervised container's log"),
     "events": ("vortex.supervise.cmd_events", "stream the supervisor's events (JSON lines)"),
     "status": ("vortex.supervise.cmd_status", "show the supervisor's status"),
+    "daemon": ("vortex.daemon.cmd_daemon", "serve 'vortex run' from one warm process"),
 }
 """Subcommand name → (module, one-line help)."""
 
@@ -58,6 +62,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     are still listed, with their one-line help, so ``vortex --help`` and
     argparse's "invalid choice" message are the same either way.
     """
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="vortex", description="Run Linux containers (namespaces, cgroups, pivot_root)."
     )
@@ -85,6 +91,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    if requested_subcommand(words) == "run":
+        # A listening ``vortex daemon`` runs it warm (vortex/daemon/__init__.py).
+        from vortex.daemon.client import run_through_daemon
+
+        served = run_through_daemon(words)
+        if served is not None:
+            return served
     args = build_parser(requested_subcommand(words) or "").parse_args(words)
     try:
         from vortex.log import configure_logging

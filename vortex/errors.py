@@ -66,3 +66,7 @@ class RootfsError(VortexError):
 
 class StateError(VortexError):
     """The state directory is unusable or holds an entry that is corrupt."""
+
+
+class DaemonError(VortexError):
+    """``vortex daemon`` cannot listen, or a client's request is malformed or refused."""

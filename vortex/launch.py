@@ -125,6 +125,8 @@ class Launch:
 
     def _stdin_fd(self) -> int:
         mode = self.container.spec.stdin
+        if isinstance(mode, int):
+            return mode  # lent by the caller: the helper dups it, we never close it
         if mode is Stdio.INHERIT:
             return self._inherited(0, os.O_RDONLY)
         if mode is Stdio.NULL:
@@ -138,7 +140,9 @@ class Launch:
         return read_end
 
     def _output_fd(self, name: str, inherited: int) -> int:
-        mode: Stdio = getattr(self.container.spec, name)
+        mode: Stdio | int = getattr(self.container.spec, name)
+        if isinstance(mode, int):
+            return mode  # lent by the caller, like stdin
         if mode is Stdio.INHERIT:
             return self._inherited(inherited, os.O_WRONLY)
         if mode is Stdio.NULL:

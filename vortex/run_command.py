@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 from vortex.errors import EXIT_RUNTIME_ERROR
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from vortex.container import Container
+    from vortex.runtime import Runtime
     from vortex.spec import ContainerSpec
 
 
@@ -55,7 +58,7 @@ def configure_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
 
 
-def _spec_from_args(args: argparse.Namespace) -> ContainerSpec:
+def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     from pathlib import Path
 
     from vortex.errors import SpecError
@@ -134,7 +137,7 @@ def _rootless_resources(args: argparse.Namespace, spec: ContainerSpec) -> Contai
 def main(args: argparse.Namespace) -> int:
     import anyio
 
-    spec = _spec_from_args(args)
+    spec = spec_from_args(args)
     if os.geteuid() != 0:
         spec = _rootless_resources(args, spec)
     spec.validate()  # before any process or cgroup exists
@@ -155,22 +158,38 @@ async def _run_container(
     async with Runtime(disabled_plugins=disabled, **options) as runtime:
         # Listen before the start so a signal that arrives meanwhile is not lost.
         with anyio.open_signal_receiver(*forwarded) as signals:
-            container = await runtime.start(spec)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_forward_signals, signals, container)
-                result = await container.wait()
-                tg.cancel_scope.cancel()
-    if result.oom_killed:
-        print(f"vortex: container {result.name} {result.describe()}", file=sys.stderr)
-    return result.status if result.error is None else EXIT_RUNTIME_ERROR
+            status, message = await run_in_foreground(runtime, spec, signals)
+    if message:
+        print(f"vortex: {message}", file=sys.stderr)
+    return status
 
 
-async def _forward_signals(signals: object, container: Container) -> None:
+async def run_in_foreground(
+    runtime: Runtime, spec: ContainerSpec, signals: AsyncIterator[int]
+) -> tuple[int, str | None]:
+    """Start ``spec``, forward ``signals`` to it until it exits; return the exit
+    status ``vortex run`` reports and the line it prints (or None).
+
+    Shared by ``vortex run`` (its own signals) and ``vortex daemon`` (signals a
+    client relays over its connection).
+    """
+    import anyio
+
+    container = await runtime.start(spec)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_forward_signals, signals, container)
+        result = await container.wait()
+        tg.cancel_scope.cancel()
+    message = f"container {result.name} {result.describe()}" if result.oom_killed else None
+    return (result.status if result.error is None else EXIT_RUNTIME_ERROR), message
+
+
+async def _forward_signals(signals: AsyncIterator[int], container: Container) -> None:
     import signal
 
     from vortex.terminal import window_size
 
-    async for signum in signals:  # type: ignore[attr-defined]
+    async for signum in signals:
         if signum == signal.SIGWINCH:
             size = window_size(1) or window_size(0)
             if size:

@@ -95,10 +95,13 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     tty: bool = False
     """Give the command a pseudo-terminal (interactive shells)."""
-    stdin: Stdio | bytes = Stdio.INHERIT
-    """INHERIT, NULL, STREAM, or bytes to feed on stdin."""
-    stdout: Stdio = Stdio.INHERIT
-    stderr: Stdio = Stdio.INHERIT
+    stdin: Stdio | bytes | int = Stdio.INHERIT
+    """INHERIT, NULL, STREAM, bytes to feed on stdin, or a file descriptor."""
+    stdout: Stdio | int = Stdio.INHERIT
+    """INHERIT, NULL, STREAM, CAPTURE, or a file descriptor."""
+    stderr: Stdio | int = Stdio.INHERIT
+    """A file descriptor (as with ``subprocess.Popen``) is only lent: the container
+    gets a copy and the caller keeps and closes its own."""
     security: SecurityOptions = field(default_factory=SecurityOptions)
     """Capabilities, seccomp, no_new_privs, masked paths, rlimits (docs/security.md)."""
 
@@ -139,8 +142,12 @@ class ContainerSpec:
             raise SpecError(f"pids limit {res.pids} must be at least 1")
         if res.cpus is not None and not 0.001 <= res.cpus <= (os.cpu_count() or 1) * 1000:
             raise SpecError(f"cpus {res.cpus} is out of range: use a positive number like 0.5")
-        if self.tty and not isinstance(self.stdin, Stdio):
-            raise SpecError("tty=True cannot be combined with stdin bytes")
+        streams = {"stdin": self.stdin, "stdout": self.stdout, "stderr": self.stderr}
+        for stream, mode in streams.items():
+            if isinstance(mode, int) and mode < 0:
+                raise SpecError(f"{stream}={mode}: a file descriptor cannot be negative")
+        if self.tty and not all(isinstance(mode, Stdio) for mode in streams.values()):
+            raise SpecError("tty=True cannot be combined with stdin bytes or file descriptors")
         self.security.validate()
 
 

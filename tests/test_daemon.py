@@ -1,0 +1,219 @@
+"""``vortex daemon``: ``vortex run`` served by a warm Runtime, and what falls back.
+
+A daemon is started for this module and every ``vortex run`` of its tests is
+pointed at it.  Besides its own tests, the module re-runs a set of
+tests/test_cli_run.py's tests unchanged against the daemon (imported below):
+a run served by the daemon must be indistinguishable from an in-process one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VORTEX, run_vortex, vortex_cgroups
+from tests.test_cli_run import (  # noqa: F401  (collected again, now through the daemon)
+    test_bad_input_one_line_error_distinct_status_nothing_left,
+    test_containers_die_with_a_sigkilled_runtime,
+    test_env_workdir_user,
+    test_exit_status_is_passed_through,
+    test_hostname_default_is_short_id_and_option_sets_it,
+    test_killed_by_signal_gives_128_plus_n,
+    test_memory_limit_oom_kill_is_reported,
+    test_rootfs_that_is_a_file,
+    test_signals_to_vortex_are_forwarded,
+    test_stdin_pipes_through,
+    test_stdout_and_stderr_are_separate,
+)
+
+
+class Daemon:
+    def __init__(self, socket_path: Path, log_path: Path) -> None:
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*VORTEX, "--log-level", "info", "daemon", "--socket", str(self.socket_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while not self.events("daemon.listening"):
+            assert self.proc.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, "the daemon never listened"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        found = []
+        for line in self.log_path.read_text().splitlines():
+            with_event = json.loads(line) if line.startswith("{") else {}
+            if with_event.get("event") == name:
+                found.append(with_event)
+        return found
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    where = tmp_path_factory.mktemp("daemon")
+    started = Daemon(where / "daemon.sock", where / "daemon.log")
+    started.start()
+    saved = os.environ["VORTEX_DAEMON_SOCKET"]
+    os.environ["VORTEX_DAEMON_SOCKET"] = str(started.socket_path)
+    try:
+        yield started
+    finally:
+        os.environ["VORTEX_DAEMON_SOCKET"] = saved
+        assert started.stop() == 0, started.log_path.read_text()
+        assert not started.socket_path.exists(), "the daemon left its socket behind"
+
+
+@pytest.fixture(autouse=True)
+def _through_daemon(daemon: Daemon) -> None:
+    """Every test of this module (the imported ones too) runs with the daemon up."""
+
+
+def test_runs_are_served_by_the_daemon(daemon: Daemon, rootfs: Path) -> None:
+    served = len(daemon.events("daemon.served"))
+    proc = run_vortex("run", str(rootfs), "/bin/sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (7, b"out\n", b"err\n")
+    assert len(daemon.events("daemon.served")) == served + 1
+
+
+def test_relative_rootfs_is_the_clients(daemon: Daemon, rootfs: Path) -> None:
+    served = len(daemon.events("daemon.served"))
+    proc = run_vortex("run", rootfs.name, "/bin/echo", "relative", cwd=rootfs.parent)
+    assert (proc.returncode, proc.stdout) == (0, b"relative\n"), proc.stderr
+    assert len(daemon.events("daemon.served")) == served + 1
+
+
+def test_exec_failure_comes_back_as_one_line(daemon: Daemon, rootfs: Path) -> None:
+    served = len(daemon.events("daemon.served"))
+    proc = run_vortex("run", str(rootfs), "/bin/nope")
+    assert proc.returncode == 127
+    assert proc.stderr == b"vortex: exec /bin/nope: no such file or directory\n"
+    # The start failed inside the daemon: not a fallback, not "served" either.
+    assert len(daemon.events("daemon.served")) == served
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--no-plugin", "net"], ["--cgroup-parent", "vortex-daemon-test"], ["--tty"]],
+    ids=["no-plugin", "cgroup-parent", "tty"],
+)
+def test_what_needs_its_own_runtime_falls_back(
+    daemon: Daemon, rootfs: Path, options: list[str]
+) -> None:
+    fallbacks = len(daemon.events("daemon.fallback"))
+    proc = run_vortex("run", *options, str(rootfs), "/bin/sh", "-c", "exit 5")
+    assert proc.returncode == 5, proc.stderr
+    assert len(daemon.events("daemon.fallback")) == fallbacks + 1
+
+
+def test_a_bad_spec_falls_back_for_the_in_process_message(daemon: Daemon, rootfs: Path) -> None:
+    fallbacks = len(daemon.events("daemon.fallback"))
+    proc = run_vortex("run", "no-such-rootfs", "/bin/true", cwd=rootfs.parent)
+    assert proc.returncode == 125
+    assert b"rootfs 'no-such-rootfs' does not exist" in proc.stderr  # the client's own path
+    assert len(daemon.events("daemon.fallback")) == fallbacks + 1
+
+
+def test_client_killed_takes_its_container_along(daemon: Daemon, rootfs: Path) -> None:
+    before = vortex_cgroups()
+    proc = subprocess.Popen(
+        [*VORTEX, "run", str(rootfs), "/bin/sh", "-c", "echo ready; exec sleep 1000"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while vortex_cgroups() != before:
+        assert time.monotonic() < deadline, "the container outlived its killed client"
+        time.sleep(0.05)
+
+
+def test_daemon_stopping_ends_its_clients_runs(
+    rootfs: Path, tmp_path: Path, daemon: Daemon
+) -> None:
+    # A second daemon of our own, stopped under a running client.
+    own = Daemon(tmp_path / "own.sock", tmp_path / "own.log")
+    own.start()
+    env = dict(os.environ, VORTEX_DAEMON_SOCKET=str(own.socket_path))
+    before = vortex_cgroups()
+    proc = subprocess.Popen(
+        [*VORTEX, "run", str(rootfs), "/bin/sh", "-c", "echo ready; exec sleep 1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        assert own.stop() == 0
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 125
+    assert b"closed the connection before the container exited" in err
+    assert vortex_cgroups() == before
+    assert not own.socket_path.exists()
+
+
+def test_no_daemon_listening_runs_in_process(rootfs: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    for path, env_value in ((tmp_path / "absent.sock", None), (stale, None), (None, "off")):
+        if path == stale:
+            import socket
+
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                s.bind(str(stale))  # a socket file nobody listens on: a killed daemon's
+        value = env_value if env_value is not None else str(path)
+        proc = run_vortex(
+            "run", str(rootfs), "/bin/sh", "-c", "exit 4",
+            env=dict(os.environ, VORTEX_DAEMON_SOCKET=value),
+        )  # fmt: skip
+        assert proc.returncode == 4, proc.stderr
+
+
+def test_second_daemon_on_the_same_socket_is_refused(daemon: Daemon) -> None:
+    proc = run_vortex("daemon", "--socket", str(daemon.socket_path), timeout=30)
+    assert proc.returncode == 125
+    assert proc.stderr.decode().splitlines() == [
+        f"vortex: another vortex daemon is listening on {daemon.socket_path}: stop it first"
+    ]
+    assert daemon.socket_path.exists()  # the running daemon's socket is untouched
+
+
+def test_socket_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    proc = run_vortex("daemon", "--socket", str(path), timeout=30)
+    assert proc.returncode == 125
+    assert proc.stderr.decode().splitlines() == [
+        f"vortex: --socket {str(path)!r} exists and is not a socket: remove it or pick another path"
+    ]
+    assert path.read_text() == "x"
+
+
+def test_socket_is_for_root_only(daemon: Daemon) -> None:
+    assert daemon.socket_path.stat().st_mode & 0o777 == 0o600
