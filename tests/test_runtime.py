@@ -234,3 +234,41 @@ async def test_failed_start_closes_the_streams_it_opened(rootfs: Path) -> None:
                 )
             )
     assert set(open_fds()) == set(fds_before)
+
+
+async def test_stdio_can_be_lent_file_descriptors(rootfs: Path, tmp_path: Path) -> None:
+    # As with subprocess.Popen(stdin=fd): the container gets copies, we keep ours.
+    source = tmp_path / "in"
+    source.write_bytes(b"from a file\n")
+    stdin = os.open(source, os.O_RDONLY)
+    out_r, out_w = os.pipe()
+    err_path = tmp_path / "err"
+    stderr = os.open(err_path, os.O_WRONLY | os.O_CREAT)
+    try:
+        spec = ContainerSpec(
+            rootfs=rootfs,
+            command=["/bin/sh", "-c", "cat; echo oops >&2"],
+            stdin=stdin,
+            stdout=out_w,
+            stderr=stderr,
+        )
+        async with vortex.Runtime() as runtime:
+            result = await runtime.run(spec)
+        os.close(out_w)
+        out_w = -1
+        assert result.exit_code == 0
+        assert os.read(out_r, 100) == b"from a file\n"
+        assert err_path.read_bytes() == b"oops\n"
+        assert result.stdout is None and result.stderr is None
+        os.fstat(stdin)  # still ours, still open
+    finally:
+        for fd in (stdin, out_r, out_w, stderr):
+            if fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.parametrize("stream", ["stdin", "stdout", "stderr"])
+def test_negative_stdio_descriptor_is_refused(rootfs: Path, stream: str) -> None:
+    spec = ContainerSpec(rootfs=rootfs, command=["/bin/true"], **{stream: -1})  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match=f"{stream}=-1: a file descriptor cannot be negative"):
+        spec.validate()
