@@ -171,6 +171,14 @@ def subjects(
             env=dict(os.environ, VORTEX_DAEMON_SOCKET=str(daemon.socket)),
             resident_pid=daemon.pid,
         ),
+        Subject(
+            "vortex via daemon, python -S",
+            lambda i: [sys.executable, "-S", *vortex_run[1:]],
+            "the client on an interpreter that skips site (no .pth hooks): it imports "
+            "nothing from site-packages",
+            env=dict(os.environ, VORTEX_DAEMON_SOCKET=str(daemon.socket), PYTHONPATH=str(REPO)),
+            resident_pid=daemon.pid,
+        ),
         Subject("C reference", lambda i: [str(ref), str(rootfs), "/bin/true"]),
         Subject("python -c pass", lambda i: [sys.executable, "-c", "pass"]),
         Subject(
