@@ -417,7 +417,7 @@ async def test_library_gets_the_defaults_and_a_v1_device_allow_list(secroot: Pat
     from vortex.security import devices
 
     if devices.devices_hierarchy() is None:
-        pytest.skip("no cgroup v1 devices hierarchy (v2 relies on nodev mounts)")
+        pytest.skip("no cgroup v1 devices hierarchy (v2: tests/test_cgroup2_devices.py)")
     seen: dict[str, str] = {}
 
     class Spy:

@@ -6,10 +6,13 @@ rules below, the list runc and docker use (minus ``/dev/net/tun``).  A node
 the container creates with ``mknod`` (CAP_MKNOD is a default capability)
 then cannot be opened: ``open()`` fails with EPERM.
 
-On cgroup v2 there is no devices file (the kernel wants an eBPF program); the
-init mounts the root filesystem ``nodev`` instead, and every other writable
-mount (/dev/shm, /dev/mqueue, tmpfs) already is, so a mknod'ed node has no
-place where it could be opened.
+On cgroup v2 there is no devices file: the kernel runs an eBPF program of
+type ``BPF_PROG_TYPE_CGROUP_DEVICE`` on every mknod and open of a device node
+instead.  :mod:`vortex.security.bpf_devices` compiles the same list into such
+a program (through :func:`parse_rule`, the structured form both back ends
+share) and attaches it to the container's cgroup.  The init also mounts the
+root filesystem, /dev and the volumes ``nodev`` on every host, as defence in
+depth (and as the only barrier rootless, where no program can be attached).
 
 When the cgroup backend puts containers in the devices hierarchy itself
 (``container.cgroup.path("devices")``), the ``security`` plugin only writes
@@ -24,9 +27,10 @@ from __future__ import annotations
 import errno
 import os
 import time
+from dataclasses import dataclass
 
 from vortex.cgroups._common import find_v1_hierarchies
-from vortex.errors import CgroupError
+from vortex.errors import CgroupError, SpecError
 
 ALLOWED_DEVICES: tuple[str, ...] = (
     "c *:* m",  # mknod of character devices (opening them is another matter)
@@ -41,6 +45,67 @@ ALLOWED_DEVICES: tuple[str, ...] = (
     "c 5:2 rwm",  # /dev/ptmx
     "c 136:* rwm",  # /dev/pts/*
 )
+
+
+MAX_MAJOR = (1 << 12) - 1
+MAX_MINOR = (1 << 20) - 1
+"""The largest numbers a dev_t holds (MAJOR/MINOR of include/linux/kdev_t.h)."""
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """One allow rule of a devices list, e.g. ``c 136:* rwm``.
+
+    ``kind`` is ``c`` (character), ``b`` (block) or ``a`` (every device, every
+    number, every access: what the v1 kernel does with any rule starting with
+    ``a``); ``None`` numbers are ``*``; ``access`` is a subset of ``rwm``.
+    """
+
+    kind: str
+    major: int | None
+    minor: int | None
+    access: str
+
+    def __str__(self) -> str:
+        if self.kind == "a":
+            return "a"
+
+        def number(n: int | None) -> str:
+            return "*" if n is None else str(n)
+
+        return f"{self.kind} {number(self.major)}:{number(self.minor)} {self.access}"
+
+
+def parse_rule(text: str) -> DeviceRule:
+    """``TYPE MAJOR:MINOR ACCESS`` as written to v1 ``devices.allow`` (``a`` alone too).
+
+    Raises SpecError for anything the v1 kernel would not read the same way,
+    so a list means one thing on both cgroup versions.
+    """
+    fields = text.split()
+    if fields in (["a"], ["a", "*:*", "rwm"]):
+        return DeviceRule("a", None, None, "rwm")
+    if len(fields) != 3 or fields[0] not in ("c", "b"):
+        raise SpecError(
+            f"device rule {text!r}: expected 'c|b MAJOR:MINOR ACCESS' (e.g. 'c 1:3 rwm') or 'a'"
+        )
+    kind, numbers, access = fields
+    major_text, sep, minor_text = numbers.partition(":")
+    if not sep:
+        raise SpecError(f"device rule {text!r}: expected MAJOR:MINOR, got {numbers!r}")
+    major = _rule_number(text, major_text, MAX_MAJOR)
+    minor = _rule_number(text, minor_text, MAX_MINOR)
+    if not access or set(access) - set("rwm") or len(set(access)) != len(access):
+        raise SpecError(f"device rule {text!r}: access must be letters of 'rwm', got {access!r}")
+    return DeviceRule(kind, major, minor, "".join(c for c in "rwm" if c in access))
+
+
+def _rule_number(rule: str, text: str, limit: int) -> int | None:
+    if text == "*":
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) > limit:
+        raise SpecError(f"device rule {rule!r}: {text!r} is not '*' or a number up to {limit}")
+    return int(text)
 
 
 def devices_hierarchy() -> str | None:
