@@ -117,6 +117,12 @@ def open_fds() -> dict[int, str]:
     return fds
 
 
+def userns_allocations(state_dir: str = "/run/vortex") -> set[str]:
+    """``--userns auto`` id blocks recorded in a state directory (vortex/userns.py)."""
+    directory = Path(state_dir, "userns")
+    return {p.name for p in directory.glob("*.json")} if directory.is_dir() else set()
+
+
 def _mounts() -> list[str]:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         return [line.split(" - ")[0].split(" ", 4)[4] for line in f]
@@ -124,11 +130,15 @@ def _mounts() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After every test: no container cgroup, no zombie child, no new fd, no new mount."""
+    """After every test: no container cgroup, no zombie child, no new fd, no new mount,
+    no ``--userns auto`` id block left allocated."""
     cgroups_before = vortex_cgroups()
     fds_before = open_fds()
     mounts_before = _mounts()
+    allocations_before = userns_allocations()
     yield
+    leaked_allocations = userns_allocations() - allocations_before
+    assert not leaked_allocations, f"--userns auto blocks left: {sorted(leaked_allocations)}"
     leaked_cgroups = vortex_cgroups() - cgroups_before
     assert not leaked_cgroups, f"cgroups left behind: {sorted(leaked_cgroups)}"
     assert not zombie_children(), f"zombie children left: {zombie_children()}"

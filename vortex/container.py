@@ -21,6 +21,7 @@ from vortex.spec import ContainerSpec
 if TYPE_CHECKING:
     from vortex.cgroups.base import Cgroup, CgroupStats
     from vortex.cgroups.oom import OomWatch
+    from vortex.state import StateDir
 
 
 class Container:
@@ -52,6 +53,9 @@ class Container:
         """The pty master, when the spec asked for a tty."""
         self.plugin_data: dict[str, object] = {}
         """Scratch space for plugins, keyed by plugin name."""
+        self.state_dir: StateDir | None = None
+        """The Runtime's state directory: host-side allocations that must outlive a
+        crash of the Runtime are recorded there (the ``--userns auto`` id blocks)."""
         self._exited = anyio.Event()
         self._result: RunResult | None = None
         self.oom_kills = 0

@@ -168,6 +168,7 @@ class Runtime:
             name=spec.name or container_id[:12],
             hostname=spec.hostname or container_id[:12],
         )
+        container.state_dir = self.state
         launch = Launch(container, self._helper)
         self._containers[container_id] = container
         try:

@@ -8,6 +8,10 @@ files are the seed of ``vortex ps`` and the OCI ``state`` verb.
 
 Files are written atomically (write to a temporary name, then rename), so a
 reader never sees half a file.
+
+``userns/`` beside ``containers/`` holds the ``--userns auto`` id blocks
+(:mod:`vortex.userns`).  They follow the container records: :meth:`StateDir.forget`
+releases a container's block and :meth:`StateDir.sweep_stale` those of dead Runtimes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vortex.errors import StateError
+from vortex.userns import IdBlocks
 
 DEFAULT_STATE_DIR = "/run/vortex"
 
@@ -54,6 +59,8 @@ class StateDir:
         start = process_start_time(self.owner_pid)
         assert start is not None
         self.owner_start_time = start
+        self.userns = IdBlocks(Path(path) / "userns", self.owner_pid, start, _is_alive)
+        """The ``--userns auto`` id blocks of this state directory's containers."""
 
     def _ensure(self) -> None:
         try:
@@ -74,6 +81,8 @@ class StateDir:
         os.replace(temporary, self.path / f"{container_id}.json")
 
     def forget(self, container_id: str) -> None:
+        """The container is gone: drop its record, and free its id block if it had one."""
+        self.userns.release(container_id)
         with contextlib.suppress(FileNotFoundError):
             (self.path / f"{container_id}.json").unlink()
 
@@ -100,4 +109,10 @@ class StateDir:
         for leftover in self.path.glob(".*.tmp") if self.path.is_dir() else ():
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        # Blocks whose record was already gone (a crash between the two removals).
+        swept.extend(i for i in self.userns.sweep_stale() if i not in swept)
         return swept
+
+
+def _is_alive(pid: int, start_time: int) -> bool:
+    return process_start_time(pid) == start_time
