@@ -24,6 +24,14 @@ class SpecError(VortexError, ValueError):
     """A container specification or command-line value is invalid."""
 
 
+class OciConfigError(SpecError):
+    """An OCI bundle's config.json is invalid or asks for what Vortex cannot honour.
+
+    The message starts with ``config.json: <JSON path>:`` so the user knows
+    which field to fix.
+    """
+
+
 class PermissionDeniedError(VortexError):
     """Vortex lacks a privilege it needs (usually: not run as root)."""
 
@@ -66,6 +74,11 @@ class RootfsError(VortexError):
 
 class StateError(VortexError):
     """The state directory is unusable or holds an entry that is corrupt."""
+
+
+class IdMappingError(VortexError):
+    """A user namespace cannot get its ids: the ``--userns auto`` pool is exhausted,
+    or newuidmap/newgidmap refused the caller's subordinate ranges."""
 
 
 class DaemonError(VortexError):

@@ -54,7 +54,10 @@ def configure_parser(run: argparse.ArgumentParser) -> None:
     from vortex.cgroups.options import add_arguments as add_cgroup_arguments
 
     add_cgroup_arguments(run)
-    run.add_argument("rootfs", help="root filesystem directory")
+    run.add_argument(
+        "--bundle", metavar="DIR", help="run the OCI bundle in DIR (its config.json; docs/oci.md)"
+    )
+    run.add_argument("rootfs", nargs="?", help="root filesystem directory")
     run.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
 
 
@@ -137,7 +140,12 @@ def _rootless_resources(args: argparse.Namespace, spec: ContainerSpec) -> Contai
 def main(args: argparse.Namespace) -> int:
     import anyio
 
-    spec = spec_from_args(args)
+    if args.bundle is not None:
+        from vortex.oci.cli import spec_from_args as bundle_spec_from_args
+
+        spec = bundle_spec_from_args(args)
+    else:
+        spec = spec_from_args(args)
     if os.geteuid() != 0:
         spec = _rootless_resources(args, spec)
     spec.validate()  # before any process or cgroup exists

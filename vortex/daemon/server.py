@@ -121,6 +121,8 @@ def client_spec(cwd: str, argv: list[str], fds: list[int]) -> ContainerSpec:
         raise NotServed(f"{args.subcommand!r} is not 'run'")
     if args.no_plugin or args.cgroup_parent is not None:
         raise NotServed("--no-plugin and --cgroup-parent need a Runtime of their own")
+    if args.bundle is not None:
+        raise NotServed("an OCI bundle is loaded (and its paths resolved) in-process")
     if args.tty or (args.tty is None and os.isatty(fds[0]) and os.isatty(fds[1])):
         raise NotServed("a terminal is relayed by the client's own process")
     args.tty = False

@@ -5,8 +5,15 @@ the docker default capabilities (14) with ``cap_add``/``cap_drop``,
 no_new_privs, the default seccomp profile (or the user's, or none), the masked
 and read-only paths, the default ``nofile`` rlimit plus ``--ulimit``s, a
 read-only root with writable tmpfs where asked, and the device allow-list
-(a v1 devices cgroup it owns: created in ``vortex_post_cgroup``, removed in
-``vortex_on_exit``).  ``privileged`` turns each of these off.
+(on v1 a devices cgroup it owns: created in ``vortex_post_cgroup``, removed in
+``vortex_on_exit``; on v2 an eBPF device filter attached to the container's
+cgroup in ``vortex_post_cgroup``, freed with the cgroup).  ``privileged``
+turns each of these off.
+
+It also decides the user namespace maps (``--userns``, rootless) and writes
+them while the init waits; a ``--userns auto`` block is allocated in
+``vortex_prepare`` and released with the container's state record
+(vortex/userns.py).
 
 Disabling the plugin (``--no-plugin security``) runs containers unconfined:
 an explicit choice, never a silent one.
@@ -18,6 +25,7 @@ import os
 import stat
 
 from vortex import log, rootless
+from vortex.cgroups.base import Cgroup
 from vortex.cgroups.v1 import V1Cgroup
 from vortex.container import Container
 from vortex.errors import SpecError
@@ -28,9 +36,12 @@ from vortex.security import capabilities, devices
 from vortex.security.apply import write_id_maps
 from vortex.security.default_profile import default_profile
 from vortex.security.options import (
+    AUTO_POOL_REMEDY,
     RLIMITS,
     SECCOMP_DEFAULT,
     SECCOMP_UNCONFINED,
+    LiteralSecurity,
+    auto_pool,
     user_namespace_range,
 )
 from vortex.security.policy import (
@@ -41,8 +52,11 @@ from vortex.security.policy import (
     clamp_to_host,
 )
 from vortex.security.seccomp import load_profile_file
+from vortex.userns import IdRange
 
 NAME = "security"
+USERNS_BLOCK = NAME + ".userns_block"
+"""plugin_data key: the (uid, gid) host ranges ``--userns auto`` allocated."""
 READ_ONLY_TMPFS = ("/tmp", "/run", "/var/tmp")
 _TMPFS_FLAGS = 2 | 4  # MS_NOSUID | MS_NODEV
 
@@ -50,6 +64,8 @@ _TMPFS_FLAGS = 2 | 4  # MS_NOSUID | MS_NODEV
 @hookimpl
 def vortex_pre_pivot(container: Container) -> list[SetupOp]:
     options = container.spec.security
+    if options.literal is not None:
+        return list(options.literal.mounts)
     if options.read_only and options.read_only_tmpfs:
         return [
             MountFilesystem("tmpfs", path, "mode=1777,size=65536k", _TMPFS_FLAGS)
@@ -62,29 +78,23 @@ def vortex_pre_pivot(container: Container) -> list[SetupOp]:
 def vortex_security(container: Container, policy: SecurityPolicy) -> None:
     options = container.spec.security
     container.plugin_data[NAME] = policy
+    if options.literal is not None:
+        _apply_literal(container, policy, options.literal)
+        return
     policy.readonly_rootfs = options.read_only
     for name, (soft, hard) in options.ulimits.items():
         policy.rlimits[name] = (soft, hard)
     if "nofile" not in policy.rlimits:
         policy.rlimits["nofile"] = clamp_to_host(RLIMITS["nofile"], *DEFAULT_NOFILE)
     if rootless.is_rootless():
-        # Rootless: always a user namespace whose root is the caller (docs/security.md).
-        if options.userns is not None:
-            raise SpecError(
-                "--userns: rootless containers map only the caller's own uid and gid; "
-                "drop --userns or run vortex as root"
-            )
-        user = container.spec.user
-        if user.uid != 0 or user.gid != 0:
-            raise SpecError(
-                f"--user {user.uid}:{user.gid}: a rootless container maps only uid and gid 0 "
-                f"(the caller); run vortex as root for other users"
-            )
-        policy.uid_map, policy.gid_map = rootless.id_maps()
-        policy.rootless = True
+        # Rootless: always a user namespace (docs/security.md, "Rootless").
+        _rootless_maps(container, policy)
     elif options.userns is not None:
         _check_reachable(str(container.spec.rootfs))
-        (uid, uids), (gid, gids) = user_namespace_range(options.userns)
+        if options.userns == "auto":
+            (uid, uids), (gid, gids) = _allocated_block(container)
+        else:
+            (uid, uids), (gid, gids) = user_namespace_range(options.userns)
         policy.uid_map = ((0, uid, uids),)
         policy.gid_map = ((0, gid, gids),)
     if options.privileged:
@@ -115,6 +125,94 @@ def vortex_security(container: Container, policy: SecurityPolicy) -> None:
     policy.restrict_devices = True
 
 
+def _allocated_block(container: Container) -> tuple[IdRange, IdRange]:
+    block = container.plugin_data.get(USERNS_BLOCK)
+    if not isinstance(block, tuple):
+        raise SpecError("--userns auto: no id block was allocated (vortex_prepare did not run)")
+    uid_block, gid_block = block
+    return uid_block, gid_block
+
+
+def _rootless_maps(container: Container, policy: SecurityPolicy) -> None:
+    options, user = container.spec.security, container.spec.user
+    if options.userns == "auto":
+        # A block of the caller's subordinate ids, without the caller (podman's
+        # rootless --userns=auto): container root is an id no other container has.
+        (uid, uids), (gid, gids) = _allocated_block(container)
+        policy.uid_map, policy.gid_map = ((0, uid, uids),), ((0, gid, gids),)
+        _check_reachable(str(container.spec.rootfs))
+    elif options.userns is not None:
+        raise SpecError(
+            f"--userns {options.userns}: a rootless container maps the caller's own ids; "
+            "use --userns auto for a block of your subordinate ids, or run vortex as root"
+        )
+    else:
+        policy.uid_map, policy.gid_map = rootless.id_maps(rootless.subordinate_ids())
+    policy.rootless = True
+    if not (_mapped(policy.uid_map, user.uid) and _mapped(policy.gid_map, user.gid)):
+        if len(policy.uid_map) == 1 and policy.uid_map[0][2] == 1:
+            raise SpecError(
+                f"--user {user.uid}:{user.gid}: a rootless container maps only uid and gid 0 "
+                f"(the caller); give your user ranges in {rootless.SUBUID} and "
+                f"{rootless.SUBGID} (and install newuidmap) or run vortex as root"
+            )
+        raise SpecError(
+            f"--user {user.uid}:{user.gid}: not mapped in the rootless user namespace "
+            f"(uids {rootless.describe_map(policy.uid_map)}; gids "
+            f"{rootless.describe_map(policy.gid_map)})"
+        )
+
+
+def _mapped(id_map: tuple[tuple[int, int, int], ...], inside: int) -> bool:
+    return any(first <= inside < first + count for first, _outside, count in id_map)
+
+
+def _allocate_userns_block(container: Container) -> None:
+    """``--userns auto``: a block of ids for this container alone, recorded in the
+    Runtime's state directory so that other Runtimes skip it."""
+    state = container.state_dir
+    if state is None:
+        raise SpecError("--userns auto needs a Runtime's state directory to record its ids")
+    # Refuse an unreachable rootfs before taking a block: a bad path is the clearer error.
+    _check_reachable(str(container.spec.rootfs))
+    if rootless.is_rootless():
+        subids = rootless.require_subordinate_ids("--userns auto")
+        uid_pool, gid_pool = subids.uids, subids.gids
+        pool = f"the subordinate ids of {subids.owner} in {rootless.SUBUID} and {rootless.SUBGID}"
+        remedy = f"ask for larger ranges in {rootless.SUBUID} and {rootless.SUBGID}"
+    else:
+        uid_range, gid_range, pool = auto_pool()
+        uid_pool, gid_pool = (uid_range,), (gid_range,)
+        remedy = AUTO_POOL_REMEDY
+    block = state.userns.allocate(container.id, uid_pool, gid_pool, pool=pool, remedy=remedy)
+    container.plugin_data[USERNS_BLOCK] = block
+    log.emit("debug", "userns.allocated", container_id=container.id, uid=block[0], gid=block[1])
+
+
+def _apply_literal(container: Container, policy: SecurityPolicy, literal: LiteralSecurity) -> None:
+    """An OCI bundle's configuration: exactly what it says, no default added (docs/oci.md)."""
+    if rootless.is_rootless():
+        raise SpecError("OCI bundles need root for now: rootless bundles are not supported yet")
+    if literal.uid_map:
+        _check_reachable(str(container.spec.rootfs))
+    if literal.capabilities is not None:
+        policy.capabilities = set(literal.capabilities)
+        policy.bounding = set(literal.bounding)
+        policy.effective = set(literal.effective)
+        policy.inheritable = set(literal.inheritable)
+        policy.ambient = set(literal.ambient)
+    policy.no_new_privs = literal.no_new_privileges
+    policy.seccomp = dict(literal.seccomp) if literal.seccomp is not None else None
+    policy.masked_paths = list(literal.masked_paths)
+    policy.readonly_paths = list(literal.readonly_paths)
+    policy.readonly_rootfs = literal.read_only
+    policy.rlimits = dict(literal.rlimits)
+    policy.restrict_devices = literal.restrict_devices
+    policy.uid_map, policy.gid_map = literal.uid_map, literal.gid_map
+    policy.groups, policy.umask = literal.groups, literal.umask
+    policy.oom_score_adj = literal.oom_score_adj
+
+
 def _check_reachable(rootfs: str) -> None:
     """In a user namespace the init is an unprivileged host id: every directory on
     the way to the rootfs must be searchable by others (o+x)."""
@@ -141,6 +239,23 @@ def vortex_prepare(container: Container) -> None:
     if isinstance(cgroup, V1Cgroup) and cgroup.path("devices") is None:
         for stale in devices.sweep_stale(_v1_paths(cgroup)):
             log.emit("info", "devices.swept", directory=stale)
+    if container.spec.security.userns == "auto":
+        _allocate_userns_block(container)
+
+
+@hookimpl(specname="vortex_post_cgroup", tryfirst=True)
+async def post_cgroup_id_maps(container: Container) -> None:
+    """Write the user namespace maps first, so later post_cgroup hooks see them.
+
+    The init waits on its sync pipe until every post_cgroup hook is done.  Async
+    because rootless maps may run newuidmap/newgidmap (a few ms each)."""
+    policy = container.plugin_data.get(NAME)
+    if not isinstance(policy, SecurityPolicy) or not policy.uid_map or container.pid is None:
+        return
+    if policy.rootless:
+        await rootless.write_id_maps(container.pid, policy.uid_map, policy.gid_map)
+    else:
+        write_id_maps(container.pid, policy.uid_map, policy.gid_map)
 
 
 @hookimpl
@@ -148,14 +263,14 @@ def vortex_post_cgroup(container: Container) -> None:
     policy = container.plugin_data.get(NAME)
     if not isinstance(policy, SecurityPolicy):
         return
-    if policy.uid_map and container.pid is not None:
-        # The init waits on its sync pipe until every post_cgroup hook is done.
-        write_id_maps(container.pid, policy.uid_map, policy.gid_map, deny_setgroups=policy.rootless)
     if not policy.restrict_devices:
         return
     cgroup = container.cgroup
-    if not isinstance(cgroup, V1Cgroup) or container.pid is None:
-        return  # v2: the nodev root does the job (see vortex/security/devices.py)
+    if cgroup is None or container.pid is None:
+        return  # rootless without a delegated cgroup: only the nodev mounts guard devices
+    if not isinstance(cgroup, V1Cgroup):
+        _attach_device_filter(container, policy, cgroup)
+        return
     owned = cgroup.path("devices")
     if owned is not None:  # the cgroup backend manages the devices hierarchy itself
         devices.restrict(owned)
@@ -166,6 +281,27 @@ def vortex_post_cgroup(container: Container) -> None:
     devices.create_restricted(directory)
     container.plugin_data[NAME + ".devices"] = directory
     devices.attach(directory, container.pid)
+
+
+def _attach_device_filter(container: Container, policy: SecurityPolicy, cgroup: Cgroup) -> None:
+    """cgroup v2: the allow-list as an eBPF program on the container's cgroup.
+
+    The init still waits on its sync pipe, so the filter is in place before the
+    container runs anything.  Imported here: the ctypes wrappers cost import
+    time, and only v2 hosts need them.
+    """
+    from vortex.cgroups.v2 import V2Cgroup
+
+    if not isinstance(cgroup, V2Cgroup):
+        return
+    if policy.rootless:
+        # bpf(2) needs CAP_SYS_ADMIN (or CAP_BPF) in the initial user namespace, which
+        # a rootless runtime never has: the nodev mounts are the barrier there.
+        return
+    from vortex.security import bpf_devices
+
+    program = bpf_devices.install(cgroup.path, devices.ALLOWED_DEVICES)
+    log.emit("debug", "devices.filter_attached", container_id=container.id, program_id=program)
 
 
 @hookimpl

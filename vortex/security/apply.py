@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import resource
+import signal
 
 from vortex import _linux as L
 from vortex.security import capabilities, seccomp
@@ -83,12 +84,22 @@ def remount_root(security: InitSecurity) -> None:
 
 
 def set_rlimits(security: InitSecurity) -> None:
+    """The rlimits, then the other inherited process attributes an OCI config can set:
+    oom_score_adj (lowering it needs SYS_RESOURCE, still held here) and the umask
+    (nothing the init creates after this point depends on it)."""
     for limit, soft, hard in security.rlimits:
         resource.setrlimit(limit, (soft, hard))
+    if security.oom_score_adj is not None:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+            f.write(str(security.oom_score_adj))
+    if security.umask is not None:
+        os.umask(security.umask)
 
 
 def drop_bounding(security: InitSecurity) -> None:
-    if security.capabilities is not None:
+    if security.bounding is not None:
+        capabilities.drop_bounding(security.bounding)
+    elif security.capabilities is not None:
         capabilities.drop_bounding(security.capabilities)
 
 
@@ -104,7 +115,7 @@ def switch_user(uid: int, gid: int, security: InitSecurity) -> None:
     if keep:
         capabilities.set_keep_caps(True)
     if not security.rootless:  # rootless, setgroups is denied in the namespace
-        os.setgroups([])
+        os.setgroups(list(security.groups))
     os.setgid(gid)
     os.setuid(uid)
     if keep:
@@ -118,8 +129,13 @@ def set_capabilities(security: InitSecurity) -> None:
     # Never ask for more than we hold (a host without SYS_RESOURCE, say): capset
     # can only lower the permitted set.
     target = capabilities.to_mask(security.capabilities) & permitted
-    inheritable = capabilities.to_mask(security.inheritable) & target
-    capabilities.set_sets(target, target, inheritable)
+    effective = target
+    if security.effective is not None:
+        effective = capabilities.to_mask(security.effective) & target
+    # The kernel takes new inheritable bits only from the bounding set.
+    bounding = security.bounding if security.bounding is not None else security.capabilities
+    inheritable = capabilities.to_mask(security.inheritable) & capabilities.to_mask(bounding)
+    capabilities.set_sets(effective, target, inheritable & permitted)
     capabilities.set_ambient(security.ambient & security.inheritable & security.capabilities)
 
 
@@ -140,6 +156,10 @@ def become_namespace_root() -> None:
         os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    # When that changed our host uid or gid (root, or rootless with subordinate ids),
+    # the kernel cleared the parent-death signal: without it a container whose
+    # Runtime was SIGKILLed would keep running, on ids the next Runtime hands out again.
+    L.set_parent_death_signal(signal.SIGKILL)
 
 
 def write_id_maps(

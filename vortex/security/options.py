@@ -11,10 +11,13 @@ import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vortex.errors import SpecError
 from vortex.security import capabilities
+
+if TYPE_CHECKING:
+    from vortex.ops import SetupOp
 
 SECCOMP_DEFAULT = "default"
 SECCOMP_UNCONFINED = "unconfined"
@@ -27,6 +30,41 @@ RLIMITS: dict[str, int] = {
 """``--ulimit`` names (docker's: nofile, nproc, core, stack, memlock, ...)."""
 
 UNLIMITED = resource.RLIM_INFINITY
+
+
+@dataclass(frozen=True)
+class LiteralSecurity:
+    """A security configuration taken literally: nothing is added to it, no default.
+
+    :func:`vortex.oci.load_bundle` builds one from an OCI config.json, whose
+    contract is that a field left out means "not applied" (no seccomp section:
+    no filter).  The ``security`` plugin copies it into the policy as it is.
+    docs/oci.md maps each field to its config.json field.
+    """
+
+    capabilities: frozenset[str] | None = None
+    """The permitted set; ``None`` (no ``process.capabilities``): the Runtime's own."""
+    bounding: frozenset[str] = frozenset()
+    effective: frozenset[str] = frozenset()
+    inheritable: frozenset[str] = frozenset()
+    ambient: frozenset[str] = frozenset()
+    no_new_privileges: bool = False
+    seccomp: Mapping[str, Any] | None = None
+    """A docker-format profile (vortex/security/seccomp.py), or ``None``: no filter."""
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    read_only: bool = False
+    rlimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """By ``--ulimit`` name; the others are inherited from the Runtime."""
+    restrict_devices: bool = False
+    """Only the standard /dev nodes open (see vortex/security/devices.py)."""
+    uid_map: tuple[tuple[int, int, int], ...] = ()
+    gid_map: tuple[tuple[int, int, int], ...] = ()
+    groups: tuple[int, ...] = ()
+    umask: int | None = None
+    oom_score_adj: int | None = None
+    mounts: tuple[SetupOp, ...] = ()
+    """Applied after the core mounts (/proc, /sys, /dev), in order."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +91,20 @@ class SecurityOptions:
     ulimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """rlimits by ``--ulimit`` name: ``{"nofile": (1024, 4096)}``."""
     userns: str | None = None
-    """``None``: no user namespace.  ``auto``: container root is the first id of the
-    ``vortex`` (else ``root``) range of /etc/subuid and /etc/subgid, or 100000 with
-    65536 ids.  ``HOSTID[:COUNT]``: that range, for uids and gids alike."""
+    """``None``: no user namespace.  ``auto``: a block of 65536 ids of its own per
+    running container, cut from the ``vortex`` (else ``root``) range of /etc/subuid
+    and /etc/subgid, or 100000:65536 (rootless: from the caller's subordinate ids).
+    ``HOSTID[:COUNT]``: that range, for uids and gids alike, shared by whoever asks."""
+    literal: LiteralSecurity | None = None
+    """Set (by :func:`vortex.oci.load_bundle`): this configuration exactly, instead of
+    the defaults; every other field must then keep its default."""
 
     def validate(self) -> None:
+        if self.literal is not None and self != SecurityOptions(literal=self.literal):
+            raise SpecError(
+                "security options: a literal configuration (an OCI bundle's) cannot be "
+                "combined with other security options"
+            )
         capabilities.resolve((), self.cap_add, self.cap_drop)
         for name, (soft, hard) in self.ulimits.items():
             if name not in RLIMITS:
@@ -197,7 +244,10 @@ def options_from_mapping(data: Mapping[str, Any], *, where: str = "security") ->
     return options
 
 
-SUBID_DEFAULT = (100000, 65536)
+SUBID_DEFAULT = (1_000_000_000, 1024 * 65536)
+"""The ``auto`` pool when /etc/subuid has no vortex or root entry: 1024 blocks far
+above what ``useradd`` hands out (100000 up to SUB_UID_MAX, 600100000 by default),
+so that no login user's subordinate ids can ever reach a container's files."""
 SUBID_USERS = ("vortex", "root")
 
 
@@ -214,8 +264,32 @@ def _subid_range(path: str) -> tuple[int, int] | None:
     return None
 
 
+AUTO_POOL_REMEDY = (
+    "give the vortex entry of /etc/subuid and /etc/subgid a larger range "
+    "(for example vortex:1000000000:6553600, 100 blocks)"
+)
+
+
+def auto_pool() -> tuple[tuple[int, int], tuple[int, int], str]:
+    """The pool ``--userns auto`` cuts its blocks from (as root): uids, gids, and
+    where they come from, for messages."""
+    (uid, uids), (gid, gids) = user_namespace_range("auto")
+    if (uid, uids) == (gid, gids):
+        ids = f"ids {uid}-{uid + uids - 1}"
+    else:
+        ids = f"uids {uid}-{uid + uids - 1} and gids {gid}-{gid + gids - 1}"
+    if _subid_range("/etc/subuid") or _subid_range("/etc/subgid"):
+        source = f"the {' or '.join(SUBID_USERS)} entry of /etc/subuid and /etc/subgid"
+    else:
+        source = "the default: /etc/subuid and /etc/subgid have no vortex or root entry"
+    return (uid, uids), (gid, gids), f"the pool of {ids} ({source})"
+
+
 def user_namespace_range(value: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``--userns`` → ((first host uid, count), (first host gid, count))."""
+    """``--userns`` → ((first host uid, count), (first host gid, count)).
+
+    For ``auto`` that is the whole pool; the Runtime gives each container a block
+    of it (vortex/userns.py)."""
     if value == "auto":
         uids = _subid_range("/etc/subuid") or SUBID_DEFAULT
         gids = _subid_range("/etc/subgid") or SUBID_DEFAULT

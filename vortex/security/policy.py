@@ -58,6 +58,12 @@ class SecurityPolicy:
     inheritable: set[str] = field(default_factory=set)
     """Kept empty by default (CVE-2022-24769: no capability rides an execve)."""
     ambient: set[str] = field(default_factory=set)
+    bounding: set[str] | None = None
+    """The bounding set, when it differs from ``capabilities`` (an OCI config); ``None``:
+    the same set."""
+    effective: set[str] | None = None
+    """The effective set, when it differs from ``capabilities`` (an OCI config); ``None``:
+    the same set."""
     no_new_privs: bool = False
     seccomp: Mapping[str, Any] | None = None
     """A docker-format profile, or ``None`` for no filter."""
@@ -65,20 +71,30 @@ class SecurityPolicy:
     readonly_paths: list[str] = field(default_factory=list)
     readonly_rootfs: bool = False
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    oom_score_adj: int | None = None
+    """The command's /proc/self/oom_score_adj; ``None`` inherits the Runtime's."""
+    umask: int | None = None
+    """The command's umask; ``None`` inherits the Runtime's."""
+    groups: tuple[int, ...] = ()
+    """Supplementary groups of the command (OCI ``additionalGids``); never the caller's."""
     restrict_devices: bool = False
-    """Only the standard /dev nodes are usable (device cgroup on v1, nodev mounts)."""
+    """Only the standard /dev nodes are usable: devices cgroup on v1, eBPF filter on v2,
+    nodev mounts on both."""
     uid_map: tuple[tuple[int, int, int], ...] = ()
     """(inside, outside, count) lines: non-empty means a user namespace."""
     gid_map: tuple[tuple[int, int, int], ...] = ()
     rootless: bool = False
-    """Run by an unprivileged user: single-id maps, setgroups denied (vortex/rootless.py)."""
+    """Run by an unprivileged user (vortex/rootless.py): the maps are the caller's own
+    uid/gid (setgroups denied), or written by newuidmap/newgidmap from /etc/subuid
+    and /etc/subgid."""
 
     def compile(self) -> InitSecurity:
         """Check what plugins wrote, compile the seccomp profile, freeze the result."""
         from vortex.security import seccomp
 
-        for group in (self.capabilities or set(), self.inheritable, self.ambient):
-            unknown = sorted(set(group) - set(capabilities.CAPABILITIES))
+        named = (self.capabilities, self.bounding, self.effective, self.inheritable, self.ambient)
+        for group in named:
+            unknown = sorted(set(group or ()) - set(capabilities.CAPABILITIES))
             if unknown:
                 raise SpecError(
                     f"security policy: unknown capability {unknown[0]!r} "
@@ -99,6 +115,8 @@ class SecurityPolicy:
             capabilities=caps,
             inheritable=frozenset(self.inheritable),
             ambient=frozenset(self.ambient),
+            bounding=frozenset(self.bounding) if self.bounding is not None else None,
+            effective=frozenset(self.effective) if self.effective is not None else None,
             no_new_privs=self.no_new_privs,
             seccomp=bpf,
             masked_paths=tuple(self.masked_paths),
@@ -107,9 +125,14 @@ class SecurityPolicy:
             rlimits=tuple(
                 (RLIMITS[name], soft, hard) for name, (soft, hard) in self.rlimits.items()
             ),
+            oom_score_adj=self.oom_score_adj,
+            umask=self.umask,
+            groups=tuple(self.groups),
             nodev_rootfs=self.restrict_devices,
             userns=bool(self.uid_map),
-            rootless=self.rootless,
+            # With subordinate gids newgidmap allows setgroups and gid 5 (tty) is
+            # mapped: the init then behaves as under root.
+            rootless=self.rootless and not _maps_inside(self.gid_map, 5),
         )
 
 
@@ -120,6 +143,10 @@ class InitSecurity:
     capabilities: frozenset[str] | None = None
     inheritable: frozenset[str] = frozenset()
     ambient: frozenset[str] = frozenset()
+    bounding: frozenset[str] | None = None
+    """``None``: the same as ``capabilities``."""
+    effective: frozenset[str] | None = None
+    """``None``: the same as ``capabilities`` (the permitted set)."""
     no_new_privs: bool = False
     seccomp: bytes | None = None
     """A compiled classic-BPF program (``struct sock_filter[]``)."""
@@ -128,11 +155,19 @@ class InitSecurity:
     readonly_rootfs: bool = False
     rlimits: tuple[tuple[int, int, int], ...] = ()
     """(resource.RLIMIT_*, soft, hard)."""
+    oom_score_adj: int | None = None
+    umask: int | None = None
+    groups: tuple[int, ...] = ()
     nodev_rootfs: bool = False
     userns: bool = False
     """Cloned with CLONE_NEWUSER; the Runtime writes the maps before the init goes on."""
     rootless: bool = False
-    """Only the caller's uid/gid are mapped: no gid=5 for devpts."""
+    """Rootless with gid 5 unmapped (only the caller's gid): setgroups is denied and
+    devpts gets no gid=5."""
+
+
+def _maps_inside(id_map: tuple[tuple[int, int, int], ...], inside: int) -> bool:
+    return any(first <= inside < first + count for first, _outside, count in id_map)
 
 
 def clamp_to_host(limit: int, soft: int, hard: int) -> tuple[int, int]:
