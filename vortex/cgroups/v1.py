@@ -96,6 +96,11 @@ class V1Cgroup(Cgroup):
             )
         )
 
+    @property
+    def mounts(self) -> Mapping[str, str]:
+        """Controller → mount point of its hierarchy, as the backend found them."""
+        return self._mounts
+
     def path(self, controller: str) -> str | None:
         """The directory of ``controller``'s hierarchy, or None if it is not mounted."""
         return self._dirs.get(controller)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import stat
+import weakref
 
 from vortex import log, rootless
 from vortex.cgroups.base import Cgroup
@@ -52,6 +53,7 @@ from vortex.security.policy import (
     clamp_to_host,
 )
 from vortex.security.seccomp import load_profile_file
+from vortex.state import StateDir
 from vortex.userns import IdRange
 
 NAME = "security"
@@ -233,12 +235,27 @@ def _v1_paths(cgroup: V1Cgroup) -> dict[str, str]:
     return {c: p for c in ("memory", "pids", "cpu", "freezer") if (p := cgroup.path(c))}
 
 
+_devices_swept_for: weakref.WeakSet[StateDir] = weakref.WeakSet()
+
+
+def _sweep_stale_devices_once(container: Container, cgroup: V1Cgroup) -> None:
+    """Once per Runtime (its StateDir), at its first start: a sweep reads every
+    sibling directory, so on each start it would cost in proportion to the
+    containers running.  What a Runtime dying later leaves, the next one sweeps."""
+    runtime_state = container.state_dir
+    if runtime_state is not None:
+        if runtime_state in _devices_swept_for:
+            return
+        _devices_swept_for.add(runtime_state)
+    for stale in devices.sweep_stale(_v1_paths(cgroup), cgroup.mounts):
+        log.emit("info", "devices.swept", directory=stale)
+
+
 @hookimpl
 def vortex_prepare(container: Container) -> None:
     cgroup = container.cgroup
     if isinstance(cgroup, V1Cgroup) and cgroup.path("devices") is None:
-        for stale in devices.sweep_stale(_v1_paths(cgroup)):
-            log.emit("info", "devices.swept", directory=stale)
+        _sweep_stale_devices_once(container, cgroup)
     if container.spec.security.userns == "auto":
         _allocate_userns_block(container)
 
@@ -275,7 +292,7 @@ def vortex_post_cgroup(container: Container) -> None:
     if owned is not None:  # the cgroup backend manages the devices hierarchy itself
         devices.restrict(owned)
         return
-    directory = devices.v1_devices_dir(_v1_paths(cgroup))
+    directory = devices.v1_devices_dir(_v1_paths(cgroup), cgroup.mounts)
     if directory is None:
         return
     devices.create_restricted(directory)

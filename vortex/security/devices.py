@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vortex.cgroups._common import find_v1_hierarchies
@@ -113,12 +114,17 @@ def devices_hierarchy() -> str | None:
     return find_v1_hierarchies().get("devices")
 
 
-def v1_devices_dir(cgroup_paths: dict[str, str]) -> str | None:
+def v1_devices_dir(
+    cgroup_paths: dict[str, str], hierarchies: Mapping[str, str] | None = None
+) -> str | None:
     """The container's directory in the devices hierarchy, placed like its other v1 dirs.
 
     :param cgroup_paths: controller → directory of the container's v1 cgroup.
+    :param hierarchies: controller → mount point, as the cgroup backend found them
+        (saves reading /proc/self/mountinfo on every start); default: read it.
     """
-    hierarchies = find_v1_hierarchies()
+    if hierarchies is None or "devices" not in hierarchies:
+        hierarchies = find_v1_hierarchies()
     devices = hierarchies.get("devices")
     if devices is None:
         return None
@@ -136,14 +142,16 @@ def restrict(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) -> None:
         _write(os.path.join(directory, "devices.allow"), rule)
 
 
-def sweep_stale(cgroup_paths: dict[str, str]) -> list[str]:
+def sweep_stale(
+    cgroup_paths: dict[str, str], hierarchies: Mapping[str, str] | None = None
+) -> list[str]:
     """Remove devices dirs left by a Runtime that died (kill -9) before its clean-up.
 
     A container's devices dir is created after its main cgroup and removed
     before it, so a devices dir whose name exists in none of the sibling
     hierarchies is stale.  Returns the directories removed.
     """
-    mine = v1_devices_dir(cgroup_paths)
+    mine = v1_devices_dir(cgroup_paths, hierarchies)
     if mine is None:
         return []
     parent = os.path.dirname(mine)
