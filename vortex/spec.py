@@ -26,8 +26,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+"""A valid hostname: 1-63 letters, digits and inner '-' (also for the OCI and TOML loaders)."""
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+"""A valid environment variable name."""
 
 
 class Stdio(enum.Enum):
@@ -122,11 +124,11 @@ class ContainerSpec:
         if not self.workdir.startswith("/"):
             raise SpecError(f"--workdir {self.workdir!r} must be an absolute path")
         for key, value in self.env.items():
-            if not _ENV_NAME_RE.match(key):
+            if not ENV_NAME_RE.match(key):
                 raise SpecError(f"--env name {key!r} is invalid: use letters, digits and _")
             if "\0" in value:
                 raise SpecError(f"--env {key}: value must not contain NUL bytes")
-        if self.hostname is not None and not _HOSTNAME_RE.match(self.hostname):
+        if self.hostname is not None and not HOSTNAME_RE.match(self.hostname):
             raise SpecError(
                 f"--hostname {self.hostname!r} is invalid: use 1-63 letters, digits and '-'"
             )
@@ -208,7 +210,7 @@ def parse_env(items: Sequence[str], base: Mapping[str, str] | None = None) -> di
             # docker takes "--env K" to mean "copy K from the caller"; we keep the spec
             # explicit and demand a value so no host variable leaks in by accident.
             raise SpecError(f"--env {item!r} has no '=': write KEY=VALUE")
-        if not _ENV_NAME_RE.match(key):
+        if not ENV_NAME_RE.match(key):
             raise SpecError(f"--env {item!r}: {key!r} is not a valid variable name")
         env[key] = value
     return env

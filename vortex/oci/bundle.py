@@ -26,14 +26,10 @@ from vortex.oci import mounts as oci_mounts
 from vortex.oci import resources as oci_resources
 from vortex.oci._fields import INT64_MAX, UINT32_MAX, UINT64_MAX, Field
 from vortex.security.options import RLIMITS, UNLIMITED, LiteralSecurity, SecurityOptions
-from vortex.spec import ContainerSpec, Resources, User
+from vortex.spec import ENV_NAME_RE, HOSTNAME_RE, ContainerSpec, Resources, User
 
 VERSION_RE = re.compile(r"^1\.[0-2]\.\d+(?:[-+].*)?$")
 """runtime-spec 1.0.x to 1.2.x, pre-releases such as ``1.0.2-dev`` included."""
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-"""The rule ContainerSpec.validate applies to hostnames."""
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-"""The rule ContainerSpec.validate applies to variable names."""
 
 CREATED_NAMESPACES = ("pid", "network", "mount", "ipc", "uts")
 """Created for every container (vortex/launch.py): a config must ask for each, since
@@ -157,7 +153,7 @@ def spec_from_config(data: Any, bundle: Path, *, name: str | None = None) -> Con
     hostname = None
     if "hostname" in top:
         hostname = top["hostname"].string() or None
-        if hostname is not None and not _HOSTNAME_RE.match(hostname):
+        if hostname is not None and not HOSTNAME_RE.match(hostname):
             raise top["hostname"].error(
                 f"{hostname!r} is invalid: use 1-63 letters, digits and '-'"
             )
@@ -445,7 +441,7 @@ class _Process:
             key, sep, value = text.partition("=")
             if not sep:
                 raise item.error(f"{text!r} has no '=': write NAME=VALUE")
-            if not _ENV_NAME_RE.match(key):
+            if not ENV_NAME_RE.match(key):
                 raise item.error(f"{key!r} is not a valid variable name")
             if "\0" in value:
                 raise item.error("values must not contain NUL bytes")

@@ -32,12 +32,10 @@ from typing import Any
 
 from vortex.errors import SpecError, VortexError
 from vortex.security.options import SecurityOptions, options_from_mapping
-from vortex.spec import DEFAULT_MEMORY_LIMIT, DEFAULT_PATH, parse_size
+from vortex.spec import DEFAULT_MEMORY_LIMIT, DEFAULT_PATH, ENV_NAME_RE, HOSTNAME_RE, parse_size
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 CONTAINER_KEYS = frozenset(
     {
@@ -328,7 +326,7 @@ class _Checker:
             else:
                 merged = {"PATH": DEFAULT_PATH}
                 for key, value in env.items():
-                    if not _ENV_NAME_RE.match(key):
+                    if not ENV_NAME_RE.match(key):
                         self.problem(where, f"env.{key}", "is not a valid variable name")
                     elif not isinstance(value, str) or "\0" in value:
                         self.problem(where, f"env.{key}", f"{value!r} must be a string")
@@ -345,7 +343,7 @@ class _Checker:
             self._user(where, t["user"], values)
         if "hostname" in t:
             hostname = t["hostname"]
-            if not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname):
+            if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
                 self.problem(
                     where, "hostname", f"{hostname!r} is invalid: 1-63 letters, digits and '-'"
                 )
