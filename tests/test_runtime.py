@@ -272,3 +272,19 @@ def test_negative_stdio_descriptor_is_refused(rootfs: Path, stream: str) -> None
     spec = ContainerSpec(rootfs=rootfs, command=["/bin/true"], **{stream: -1})  # type: ignore[arg-type]
     with pytest.raises(SpecError, match=f"{stream}=-1: a file descriptor cannot be negative"):
         spec.validate()
+
+
+async def test_spec_mounts_are_applied_by_the_core(rootfs: Path) -> None:
+    # The spec's own mounts (an OCI bundle's) do not depend on any plugin.
+    from vortex.ops import MountFilesystem
+
+    spec = ContainerSpec(
+        rootfs=rootfs,
+        command=["/bin/sh", "-c", "grep ' /mnt ' /proc/mounts"],
+        mounts=(MountFilesystem("tmpfs", "/mnt", "size=1m"),),
+        stdout=Stdio.CAPTURE,
+    )
+    async with vortex.Runtime(disabled_plugins=["security", "net", "logging"]) as runtime:
+        result = await runtime.run(spec)
+    assert result.exit_code == 0
+    assert result.stdout is not None and b"tmpfs /mnt tmpfs" in result.stdout

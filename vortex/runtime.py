@@ -178,7 +178,7 @@ class Runtime:
             if self.cgroups is not None:
                 container.cgroup = self.cgroups.create(container_id)
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
-            plan_ops: list[SetupOp] = []
+            plan_ops: list[SetupOp] = list(spec.mounts)
             for contributed in call_sync(
                 self.plugin_manager, "vortex_pre_pivot", container=container
             ):

@@ -18,6 +18,10 @@ from vortex.cgroups.base import DeviceLimit
 from vortex.errors import SpecError
 from vortex.security.options import SecurityOptions
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from vortex.ops import SetupOp
+
 DEFAULT_MEMORY_LIMIT = 100 * 1024 * 1024
 """The original runtime's default memory limit: 100 MB."""
 
@@ -106,6 +110,9 @@ class ContainerSpec:
     gets a copy and the caller keeps and closes its own."""
     security: SecurityOptions = field(default_factory=SecurityOptions)
     """Capabilities, seccomp, no_new_privs, masked paths, rlimits (docs/security.md)."""
+    mounts: tuple[SetupOp, ...] = ()
+    """The container's own mounts (an OCI bundle's, volumes), applied in order after
+    the core ones (/proc, /sys, /dev) and before those plugins add."""
 
     def validate(self) -> None:
         """Raise SpecError for anything the kernel would reject later, and worse."""

@@ -186,9 +186,6 @@ def spec_from_config(data: Any, bundle: Path, *, name: str | None = None) -> Con
         groups=process.groups,
         umask=process.umask,
         oom_score_adj=process.oom_score_adj,
-        mounts=tuple(
-            oci_mounts.convert(top.get("mounts"), bundle, restrict_devices=restrict_devices)
-        ),
     )
     return ContainerSpec(
         rootfs=rootfs,
@@ -201,6 +198,9 @@ def spec_from_config(data: Any, bundle: Path, *, name: str | None = None) -> Con
         resources=Resources(**resource_kwargs),
         tty=process.terminal,
         security=SecurityOptions(literal=literal),
+        mounts=tuple(
+            oci_mounts.convert(top.get("mounts"), bundle, restrict_devices=restrict_devices)
+        ),
     )
 
 

@@ -23,7 +23,7 @@ COMBINABLE = frozenset(
 )
 """``vortex run`` options that do not change what the container is."""
 REQUIRED_PLUGINS = {
-    "security": "applies the bundle's security settings and mounts",
+    "security": "applies the bundle's security settings",
     "limits": "applies the bundle's linux.resources",
 }
 

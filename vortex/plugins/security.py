@@ -67,7 +67,7 @@ _TMPFS_FLAGS = 2 | 4  # MS_NOSUID | MS_NODEV
 def vortex_pre_pivot(container: Container) -> list[SetupOp]:
     options = container.spec.security
     if options.literal is not None:
-        return list(options.literal.mounts)
+        return []  # a bundle's mounts are the spec's own (ContainerSpec.mounts)
     if options.read_only and options.read_only_tmpfs:
         return [
             MountFilesystem("tmpfs", path, "mode=1777,size=65536k", _TMPFS_FLAGS)

@@ -17,7 +17,7 @@ from vortex.errors import SpecError
 from vortex.security import capabilities
 
 if TYPE_CHECKING:
-    from vortex.ops import SetupOp
+    pass
 
 SECCOMP_DEFAULT = "default"
 SECCOMP_UNCONFINED = "unconfined"
@@ -63,8 +63,6 @@ class LiteralSecurity:
     groups: tuple[int, ...] = ()
     umask: int | None = None
     oom_score_adj: int | None = None
-    mounts: tuple[SetupOp, ...] = ()
-    """Applied after the core mounts (/proc, /sys, /dev), in order."""
 
 
 @dataclass(frozen=True)
