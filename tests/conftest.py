@@ -123,6 +123,29 @@ def userns_allocations(state_dir: str = "/run/vortex") -> set[str]:
     return {p.name for p in directory.glob("*.json")} if directory.is_dir() else set()
 
 
+@contextlib.contextmanager
+def reachable_tmpdir(prefix: str) -> Iterator[Path]:
+    """A 0755 directory in /tmp, removed afterwards: unlike pytest's tmp_path (0700),
+    the unprivileged host ids of a user namespace can reach what is inside."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def reachable_copy(rootfs: Path, prefix: str) -> Iterator[Path]:
+    """A copy of ``rootfs`` in a :func:`reachable_tmpdir`."""
+    with reachable_tmpdir(prefix) as parent:
+        subprocess.run(["cp", "-a", str(rootfs), str(parent / "rootfs")], check=True)
+        yield parent / "rootfs"
+
+
 def _mounts() -> list[str]:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         return [line.split(" - ")[0].split(" ", 4)[4] for line in f]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_vortex
+from tests.conftest import reachable_copy, run_vortex
 from vortex.errors import OciConfigError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
@@ -345,15 +345,8 @@ def test_bind_mount_read_only(bundle: Bundle, tmp_path: Path) -> None:
 @pytest.fixture
 def reachable_rootfs(rootfs: Path) -> Iterator[Path]:
     """The rootfs where unprivileged host ids can reach it (pytest's tmp is 0700)."""
-    import tempfile
-
-    parent = Path(tempfile.mkdtemp(prefix="vortex-oci-"))
-    parent.chmod(0o755)
-    try:
-        subprocess.run(["cp", "-a", str(rootfs), str(parent / "rootfs")], check=True)
-        yield parent / "rootfs"
-    finally:
-        shutil.rmtree(parent)
+    with reachable_copy(rootfs, "vortex-oci-") as copy:
+        yield copy
 
 
 @needs_root

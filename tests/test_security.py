@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_vortex
+from tests.conftest import reachable_copy, run_vortex
 from vortex.errors import SpecError
 from vortex.security import capabilities, seccomp
 from vortex.security.default_profile import default_profile
@@ -505,15 +505,8 @@ def test_userns_ranges() -> None:
 @pytest.fixture(scope="module")
 def userns_root(secroot: Path) -> Iterator[Path]:
     """The probe rootfs where unprivileged host ids can reach it (pytest's tmp is 0700)."""
-    import tempfile
-
-    parent = Path(tempfile.mkdtemp(prefix="vortex-userns-"))
-    parent.chmod(0o755)
-    try:
-        subprocess.run(["cp", "-a", str(secroot), str(parent / "rootfs")], check=True)
-        yield parent / "rootfs"
-    finally:
-        shutil.rmtree(parent)
+    with reachable_copy(secroot, "vortex-userns-") as copy:
+        yield copy
 
 
 @needs_root

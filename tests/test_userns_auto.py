@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import VORTEX, Spawn, userns_allocations
+from tests.conftest import VORTEX, Spawn, reachable_tmpdir, userns_allocations
 from vortex.errors import IdMappingError
 from vortex.state import StateDir
 from vortex.userns import BLOCK_SIZE
@@ -42,15 +41,11 @@ def base() -> Iterator[Path]:
     """A busybox rootfs the containers' unprivileged ids can reach, and the pool files."""
     from vortex.rootfs.busybox import build_busybox_rootfs
 
-    path = Path(tempfile.mkdtemp(prefix="vortex-userns-auto-"))
-    try:
-        path.chmod(0o755)
+    with reachable_tmpdir("vortex-userns-auto-") as path:
         build_busybox_rootfs(path / "rootfs")
         for name, count in (("two-blocks", 2 * BLOCK_SIZE), ("tiny", 1000)):
             (path / name).write_text(f"someone:100000:65536\nvortex:{POOL_FIRST}:{count}\n")
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 needs_subid_files = pytest.mark.skipif(
