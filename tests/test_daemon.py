@@ -217,3 +217,15 @@ def test_socket_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_socket_is_for_root_only(daemon: Daemon) -> None:
     assert daemon.socket_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_command_line_too_long_for_one_packet_runs_in_process(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    served = len(daemon.events("daemon.served"))
+    # 300 KB: more than one SOCK_SEQPACKET message may carry (one argument may not
+    # exceed 128 KiB, so three).
+    long_arguments = ["x" * 100_000] * 3
+    proc = run_vortex("run", str(rootfs), "/bin/sh", "-c", "exit 6", "sh", *long_arguments)
+    assert proc.returncode == 6, proc.stderr
+    assert len(daemon.events("daemon.served")) == served

@@ -41,11 +41,15 @@ def run_through_daemon(argv: list[str]) -> int | None:
 
 
 def _hand_over(sock: _socket.socket, argv: list[str], path: str) -> int | None:
+    request = encode(RUN, os.getcwd(), *argv)
+    if len(request) > MAX_PACKET:
+        return None  # a command line this long is run in-process
     streams, opened = _standard_streams()
     try:
-        request = encode(RUN, os.getcwd(), *argv)
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in streams)
         sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    except OSError:
+        return None  # nothing reached the daemon: nothing was started
     finally:
         for fd in opened:
             os.close(fd)  # the daemon holds its own copies now
@@ -59,6 +63,8 @@ def _hand_over(sock: _socket.socket, argv: list[str], path: str) -> int | None:
     previous = {signum: _signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
     try:
         reply = sock.recv(MAX_PACKET)  # retried after each forwarded signal (PEP 475)
+    except OSError:
+        reply = b""  # reset by a daemon that died: reported below like a close
     finally:
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
