@@ -288,3 +288,18 @@ async def test_spec_mounts_are_applied_by_the_core(rootfs: Path) -> None:
         result = await runtime.run(spec)
     assert result.exit_code == 0
     assert result.stdout is not None and b"tmpfs /mnt tmpfs" in result.stdout
+
+
+async def test_a_spec_larger_than_one_helper_message_still_starts(rootfs: Path) -> None:
+    # 300 KB of arguments: beyond one SOCK_SEQPACKET message to the fork helper,
+    # so the request travels in a memfd (vortex/helper/server.py).
+    arguments = ["x" * 100_000] * 3
+    spec = ContainerSpec(
+        rootfs=rootfs,
+        command=["/bin/sh", "-c", 'echo "$#:${#1}"', "sh", *arguments],
+        stdout=Stdio.CAPTURE,
+    )
+    async with vortex.Runtime() as runtime:
+        result = await runtime.run(spec)
+    assert result.exit_code == 0
+    assert result.stdout == b"3:100000\n"

@@ -13,7 +13,7 @@ import anyio
 
 from vortex.errors import HelperError
 from vortex.helper.plan import SpawnRequest
-from vortex.helper.server import MAX_REQUEST, serve
+from vortex.helper.server import MAX_INLINE_REQUEST, MAX_REQUEST, SPILLED_REQUEST, serve
 
 
 class ForkHelper:
@@ -57,16 +57,30 @@ class ForkHelper:
         """Ask for one clone; returns ``(pid, pidfd)``.  The fds are only lent."""
         payload = pickle.dumps(request)
         if len(payload) > MAX_REQUEST:
-            raise HelperError(f"container spec too large ({len(payload)} bytes)")
-        async with self._lock:
-            if self._closed:
-                raise HelperError("the fork helper is closed")
-            try:
-                socket.send_fds(self._sock, [payload], fds)
-                await anyio.wait_readable(self._sock)
-                message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
-            except OSError as exc:
-                raise HelperError(f"fork helper unreachable: {exc}") from exc
+            raise HelperError(
+                f"container spec too large ({len(payload)} bytes, at most {MAX_REQUEST}): "
+                "shorten the command line or the environment"
+            )
+        spilled = None
+        if len(payload) > MAX_INLINE_REQUEST:
+            # One SOCK_SEQPACKET message must fit the socket buffer (~200 KiB by
+            # default): a larger request travels in a memfd passed along first.
+            spilled = os.memfd_create("vortex-spawn-request", os.MFD_CLOEXEC)
+            os.write(spilled, payload)
+            payload, fds = SPILLED_REQUEST, [spilled, *fds]
+        try:
+            async with self._lock:
+                if self._closed:
+                    raise HelperError("the fork helper is closed")
+                try:
+                    socket.send_fds(self._sock, [payload], fds)
+                    await anyio.wait_readable(self._sock)
+                    message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+                except OSError as exc:
+                    raise HelperError(f"fork helper unreachable: {exc}") from exc
+        finally:
+            if spilled is not None:
+                os.close(spilled)
         if not message:
             for fd in received:
                 os.close(fd)

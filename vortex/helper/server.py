@@ -26,7 +26,14 @@ from vortex import _linux as L
 from vortex.helper.init import run_init
 from vortex.helper.plan import FD_ORDER, SpawnRequest
 
-MAX_REQUEST = 1 << 20
+MAX_REQUEST = 4 << 20
+"""Upper bound of a pickled request: the kernel refuses an argv + environment above
+ARG_MAX (2 MiB by default) anyway."""
+MAX_INLINE_REQUEST = 64 << 10
+"""Larger requests are written to a memfd (see SPILLED_REQUEST): one SOCK_SEQPACKET
+message must fit the socket's send buffer."""
+SPILLED_REQUEST = b"memfd"
+"""The message of a request whose pickle is in the first fd passed with it."""
 MAX_FDS = 16
 
 
@@ -37,11 +44,13 @@ def serve(sock: socket.socket) -> None:
         _prepare_process()
         while True:
             try:
-                message, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS)
+                message, fds, _flags, _addr = socket.recv_fds(sock, MAX_INLINE_REQUEST, MAX_FDS)
             except InterruptedError:
                 continue
             if not message:
                 break  # the Runtime closed the socket: we are done
+            if message == SPILLED_REQUEST:
+                message, fds = _read_spilled(fds[0]), fds[1:]
             _handle(sock, pickle.loads(message), fds)
     except BaseException:
         status = 1
@@ -81,6 +90,14 @@ def _handle(sock: socket.socket, request: SpawnRequest, fds: list[int]) -> None:
     finally:
         os.close(pidfd)
         _close(fds)
+
+
+def _read_spilled(memfd: int) -> bytes:
+    try:
+        size = os.fstat(memfd).st_size
+        return os.pread(memfd, size, 0)
+    finally:
+        os.close(memfd)
 
 
 def _close(fds: list[int]) -> None:
