@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,8 +185,6 @@ def test_no_daemon_listening_runs_in_process(rootfs: Path, tmp_path: Path) -> No
     stale = tmp_path / "stale.sock"
     for path, env_value in ((tmp_path / "absent.sock", None), (stale, None), (None, "off")):
         if path == stale:
-            import socket
-
             with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
                 s.bind(str(stale))  # a socket file nobody listens on: a killed daemon's
         value = env_value if env_value is not None else str(path)
@@ -229,3 +229,62 @@ def test_a_command_line_too_long_for_one_packet_runs_in_process(
     proc = run_vortex("run", str(rootfs), "/bin/sh", "-c", "exit 6", "sh", *long_arguments)
     assert proc.returncode == 6, proc.stderr
     assert len(daemon.events("daemon.served")) == served
+
+
+def _activated_daemon(listener: socket.socket, log_path: Path) -> subprocess.Popen[bytes]:
+    """``vortex daemon`` started the way systemd starts a socket-activated service:
+    the listening socket as fd 3, LISTEN_FDS=1 and LISTEN_PID = its own pid (a
+    small Python shim sets them up, then execs the daemon in the same process)."""
+    daemon = [*VORTEX, "--log-level", "info", "daemon", "--socket", "/nonexistent/unused.sock"]
+    shim = (
+        "import os, sys\n"
+        "os.dup2(int(sys.argv[1]), 3)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.argv[2], sys.argv[2:])\n"
+    )
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", shim, str(listener.fileno()), *daemon],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=[listener.fileno()],
+        )
+
+
+def test_socket_activation_serves_and_leaves_the_socket_to_systemd(
+    rootfs: Path, tmp_path: Path, daemon: Daemon
+) -> None:
+    path = tmp_path / "activated.sock"
+    log_path = tmp_path / "activated.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        proc = _activated_daemon(listener, log_path)
+        try:
+            # The socket listens before the daemon is up, as with systemd: the
+            # client's connection waits in the backlog until the daemon accepts it.
+            result = run_vortex(
+                "run", str(rootfs), "/bin/sh", "-c", "exit 9",
+                env=dict(os.environ, VORTEX_DAEMON_SOCKET=str(path)),
+            )  # fmt: skip
+            assert result.returncode == 9, result.stderr
+            assert '"daemon.served"' in log_path.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log_path.read_text()
+        assert path.exists(), "the daemon removed a socket that systemd owns"
+
+
+def test_socket_activation_with_the_wrong_socket_is_one_line(tmp_path: Path) -> None:
+    log_path = tmp_path / "activated.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "stream.sock"))
+        listener.listen(8)
+        proc = _activated_daemon(listener, log_path)
+        assert proc.wait(timeout=30) == 125
+    lines = log_path.read_text().splitlines()
+    assert lines == [
+        "vortex: socket activation passed a socket that is not a unix SOCK_SEQPACKET one: "
+        "use ListenSequentialPacket= in the socket unit"
+    ]

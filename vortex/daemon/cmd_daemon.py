@@ -36,11 +36,16 @@ async def _serve(path: str) -> int:
     import anyio
 
     from vortex import log
-    from vortex.daemon.server import RunDaemon, listen
+    from vortex.daemon.server import RunDaemon, activated_listener, listen
     from vortex.runtime import Runtime
     from vortex.supervise.notify import sd_notify
 
-    listener = listen(path)  # refused (another daemon, not a socket) before anything starts
+    listener = activated_listener()
+    owned = listener is None  # a socket systemd passed stays systemd's: never unlink it
+    if listener is None:
+        listener = listen(path)  # refused (another daemon, not a socket) before anything starts
+    else:
+        path = str(listener.getsockname()) or path
     try:
         async with Runtime() as runtime:
             daemon = RunDaemon(runtime, listener)
@@ -56,8 +61,9 @@ async def _serve(path: str) -> int:
                         break
     finally:
         listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        if owned:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     # Leaving the Runtime killed what clients still ran; they got no exit status
     # and report that the daemon went away.
     return 0

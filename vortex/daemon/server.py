@@ -173,6 +173,40 @@ async def _relayed_signals(conn: socket.socket) -> AsyncIterator[int]:
             yield int(fields[0])
 
 
+SD_LISTEN_FDS_START = 3
+"""The first descriptor systemd passes to a socket-activated service (sd_listen_fds(3))."""
+
+
+def activated_listener(environ: dict[str, str] | None = None) -> socket.socket | None:
+    """The listening socket systemd passed (socket activation), or None.
+
+    The sd_listen_fds(3) protocol: ``LISTEN_PID`` is our pid and ``LISTEN_FDS``
+    counts the descriptors from fd 3; we take exactly one, a SOCK_SEQPACKET unix
+    socket (contrib/vortex-daemon.socket).  The variables are removed so that no
+    child takes them for its own.
+    """
+    env = os.environ if environ is None else environ
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    env.pop("LISTEN_FDNAMES", None)
+    if not pid or pid != str(os.getpid()):
+        return None
+    if count != "1":
+        raise DaemonError(
+            f"socket activation passed {count or 'no'} sockets: give vortex daemon exactly one "
+            "(ListenSequentialPacket=/run/vortex/daemon.sock)"
+        )
+    listener = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_SEQPACKET:
+        listener.detach()
+        raise DaemonError(
+            "socket activation passed a socket that is not a unix SOCK_SEQPACKET one: "
+            "use ListenSequentialPacket= in the socket unit"
+        )
+    listener.set_inheritable(False)
+    listener.setblocking(False)
+    return listener
+
+
 def listen(path: str) -> socket.socket:
     """A non-blocking SEQPACKET listener on ``path``, mode 0600, owned by us.
 
