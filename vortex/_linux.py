@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import signal
 
 _libc = ctypes.PyDLL(None, use_errno=True)
@@ -133,9 +132,10 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    # os.uname(), not the platform module: the same answer without ~1.5 ms of imports.
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(0, f"pivot_root: unsupported architecture {platform.machine()}")
+        raise OSError(0, f"pivot_root: unsupported architecture {os.uname().machine}")
     ret = _libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode())
     _check(ret, "pivot_root")
 

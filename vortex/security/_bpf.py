@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 from dataclasses import dataclass
 
 # commands (enum bpf_cmd)
@@ -126,9 +125,9 @@ class BpfLoadError(OSError):
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    number = _SYS_BPF.get(platform.machine())
+    number = _SYS_BPF.get(os.uname().machine)
     if number is None:
-        raise OSError(0, f"bpf: unsupported architecture {platform.machine()}")
+        raise OSError(0, f"bpf: unsupported architecture {os.uname().machine}")
     ret = _libc.syscall(
         ctypes.c_long(number),
         ctypes.c_int(cmd),

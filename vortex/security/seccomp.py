@@ -25,7 +25,6 @@ import ctypes.util
 import functools
 import json
 import os
-import platform
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -122,7 +121,7 @@ def _library() -> ctypes.CDLL:
 
 
 def native_arch() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
@@ -180,7 +179,7 @@ def _kernel_at_least(version: str) -> bool:
             numbers.append(int(digits or 0))
         return tuple(numbers)
 
-    return parts(platform.release()) >= parts(version)
+    return parts(os.uname().release) >= parts(version)
 
 
 def _applies(rule: Mapping[str, Any], caps: frozenset[str], arches: Sequence[str]) -> bool:
@@ -234,7 +233,7 @@ def compile_profile(
     arch_list = tuple(arches) if arches is not None else profile_arches(profile)
     caps = frozenset(capabilities)
     cache_key = json.dumps(
-        [key, sorted(caps), arch_list, _library_version(), platform.release()]
+        [key, sorted(caps), arch_list, _library_version(), os.uname().release]
     ).encode()
     cached = _read_cache(cache_key)
     if cached is not None:
