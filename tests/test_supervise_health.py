@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from supervise_harness import Events, busybox_config, supervise
 
+from tests.conftest import reachable_copy
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 # Starting for 0.5 s (failures there fall in start_period), healthy for ~1.5 s
@@ -90,3 +92,55 @@ health = { command = ["/bin/sleep", "10"], interval = 0.1, timeout = 0.3, retrie
     failed = next(e for e in seen if e["event"] == "health_failed")
     assert failed["status"] is None and "timed out" in failed["output"]
     assert any(e["event"] == "unhealthy" for e in seen)
+
+
+# The check reports how it is confined, then fails, so the report lands in a
+# health_failed event.  Its executable comes from the container's root
+# filesystem, which the container controls: it must be confined as the
+# container is, never run with the supervisor's own privileges.
+REPORT = (
+    '["/bin/sh", "-c", "grep -E \'^(CapEff|CapBnd|NoNewPrivs|Seccomp):\' /proc/self/status; '
+    'cat /proc/self/uid_map; exit 1"]'
+)
+
+
+def _check_report(rootfs: Path, security: str) -> str:
+    config = busybox_config(
+        rootfs,
+        f"""
+[container.probe]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"]
+stop_timeout = 2
+{security}
+
+[container.probe.health]
+command = {REPORT}
+interval = 0.2
+timeout = 5
+retries = 100
+""",
+    )
+    with supervise(config) as sup, Events(sup.socket) as events:
+        seen = events.until(lambda e: e["event"] == "health_failed" and e["name"] == "probe")
+    return str(seen[-1]["output"])
+
+
+def test_health_checks_are_confined_as_the_container_is(rootfs: Path) -> None:
+    report = _check_report(rootfs, "")
+    assert "CapEff:\t00000000a80425fb" in report  # docker's 14 capabilities, no more
+    assert "CapBnd:\t00000000a80425fb" in report
+    assert "NoNewPrivs:\t1" in report
+    assert "Seccomp:\t2" in report  # the container's filter
+    # The weakened configuration shows the check can tell the difference.
+    privileged = _check_report(rootfs, "security = { privileged = true }")
+    assert "CapEff:\t00000000a80425fb" not in privileged
+    assert "Seccomp:\t0" in privileged
+
+
+def test_health_checks_join_the_containers_user_namespace(rootfs: Path) -> None:
+    with reachable_copy(rootfs, "vortex-health-") as reachable:
+        report = _check_report(reachable, 'security = { userns = "auto" }')
+    # Root of the check is the container's root: a mapped, unprivileged host id.
+    first_line = next(line for line in report.splitlines() if line.split()[:1] == ["0"])
+    inside, outside, count = (int(n) for n in first_line.split())
+    assert (inside, count) == (0, 65536) and outside >= 100000

@@ -21,6 +21,7 @@ from vortex.spec import ContainerSpec
 if TYPE_CHECKING:
     from vortex.cgroups.base import Cgroup, CgroupStats
     from vortex.cgroups.oom import OomWatch
+    from vortex.security.policy import InitSecurity
     from vortex.state import StateDir
 
 
@@ -53,6 +54,9 @@ class Container:
         """The pty master, when the spec asked for a tty."""
         self.plugin_data: dict[str, object] = {}
         """Scratch space for plugins, keyed by plugin name."""
+        self.security: InitSecurity | None = None
+        """The compiled security settings the init applied before its exec; a process
+        later started inside the container (a health check) must get the same."""
         self.state_dir: StateDir | None = None
         """The Runtime's state directory: host-side allocations that must outlive a
         crash of the Runtime are recorded there (the ``--userns auto`` id blocks)."""

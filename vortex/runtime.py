@@ -185,7 +185,8 @@ class Runtime:
                 plan_ops.extend(contributed)
             policy = SecurityPolicy()  # unconfined until vortex_security hooks decide
             call_sync(self.plugin_manager, "vortex_security", container=container, policy=policy)
-            await launch.clone(plan_ops, policy.compile())
+            container.security = policy.compile()
+            await launch.clone(plan_ops, container.security)
             self._task_group.start_soon(self._watch, container, launch)
             _start_oom_watch(self._task_group, container)
             launch.start_output_tasks(self._task_group)

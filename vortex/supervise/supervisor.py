@@ -264,8 +264,12 @@ class Service:
 
     async def _check(self, container: Container, check: HealthCheck) -> tuple[int | None, str]:
         """Run the check inside ``container``; (exit status or None on timeout, output)."""
+        from vortex.security.policy import InitSecurity
+        from vortex.supervise.nsexec import encode_security
+
         c = self.config
         request = {
+            "security": encode_security(container.security or InitSecurity()),
             "pid": container.pid,
             "argv": list(check.command),
             "env": dict(c.env),
