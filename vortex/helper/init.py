@@ -145,16 +145,7 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     _step(lambda: socket.sethostname(plan.hostname), f"sethostname {plan.hostname}")
 
     _setup_stdio(plan, fds)
-    # Still root with every capability: rlimits may be raised, the bounding set dropped.
-    _step(lambda: security.set_rlimits(sec), "setrlimit")
-    _step(lambda: security.drop_bounding(sec), "drop bounding capabilities")
-    _step(lambda: security.early_seccomp(sec), "load seccomp filter")
-    # Supplementary groups are always cleared: the host's must not leak in.
-    _step(lambda: security.switch_user(plan.uid, plan.gid, sec), f"set user {plan.uid}:{plan.gid}")
-    if plan.gid or plan.uid:
-        # A credential change clears the parent-death signal; set it again.
-        L.set_parent_death_signal(signal.SIGKILL)
-    _step(lambda: security.set_capabilities(sec), "set capabilities")
+    security.confine(plan.uid, plan.gid, sec, _step)
     try:
         os.chdir(plan.workdir)
     except OSError as exc:

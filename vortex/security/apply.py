@@ -21,6 +21,7 @@ import errno
 import os
 import resource
 import signal
+from collections.abc import Callable
 
 from vortex import _linux as L
 from vortex.security import capabilities, seccomp
@@ -137,6 +138,35 @@ def set_capabilities(security: InitSecurity) -> None:
     inheritable = capabilities.to_mask(security.inheritable) & capabilities.to_mask(bounding)
     capabilities.set_sets(effective, target, inheritable & permitted)
     capabilities.set_ambient(security.ambient & security.inheritable & security.capabilities)
+
+
+def _run_step(action: Callable[[], object], _what: str) -> None:
+    action()
+
+
+def confine(
+    uid: int,
+    gid: int,
+    security: InitSecurity,
+    step: Callable[[Callable[[], object], str], None] = _run_step,
+) -> None:
+    """Everything between a process's setup and its last two steps (``lock_down``,
+    ``execve``) that makes it as confined as the container: the init runs it, and
+    so does every process later started inside (a health check), in this order.
+
+    :param step: runs each step with a description for error messages (the init
+        turns an OSError into its one-line report).
+    """
+    # Still root with every capability: rlimits may be raised, the bounding set dropped.
+    step(lambda: set_rlimits(security), "setrlimit")
+    step(lambda: drop_bounding(security), "drop bounding capabilities")
+    step(lambda: early_seccomp(security), "load seccomp filter")
+    # Supplementary groups are always cleared: the host's must not leak in.
+    step(lambda: switch_user(uid, gid, security), f"set user {uid}:{gid}")
+    if uid or gid:
+        # A credential change clears the parent-death signal; set it again.
+        L.set_parent_death_signal(signal.SIGKILL)
+    step(lambda: set_capabilities(security), "set capabilities")
 
 
 def lock_down(security: InitSecurity) -> None:

@@ -87,19 +87,6 @@ def _join(pid: int, sec: InitSecurity) -> None:
             os.close(fd)
 
 
-def _confine(uid: int, gid: int, sec: InitSecurity) -> None:
-    """What the init does between its mounts and its exec, in the same order."""
-    if sec.userns:
-        security.become_namespace_root()
-    security.set_rlimits(sec)
-    security.drop_bounding(sec)
-    security.early_seccomp(sec)
-    security.switch_user(uid, gid, sec)
-    # A credential change clears the parent-death signal: set it (again) now.
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    security.set_capabilities(sec)
-
-
 def run(request: dict[str, Any]) -> None:
     pid = int(request["pid"])
     argv = [str(a) for a in request["argv"]]
@@ -119,8 +106,11 @@ def run(request: dict[str, Any]) -> None:
             os.close(devnull)
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             try:
-                _confine(uid, gid, sec)
+                if sec.userns:
+                    security.become_namespace_root()  # sets the parent-death signal again
+                security.confine(uid, gid, sec)  # the init's own steps, in its order
             except OSError as exc:
                 _fail(f"cannot confine the command as the container is: {exc.strerror or exc}")
             try:
