@@ -115,10 +115,10 @@ def cgroup_dir() -> Iterator[str]:
                 time.sleep(0.01)
 
 
-def run_child(cgroup: str, mountpoint: Path, plan: dict[str, object]) -> list[int]:
-    mountpoint.mkdir(exist_ok=True)
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` from the checkout; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, cgroup, str(mountpoint), json.dumps(plan)],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -126,6 +126,12 @@ def run_child(cgroup: str, mountpoint: Path, plan: dict[str, object]) -> list[in
         cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def run_child(cgroup: str, mountpoint: Path, plan: dict[str, object]) -> list[int]:
+    mountpoint.mkdir(exist_ok=True)
+    proc = run_python(CHILD, cgroup, str(mountpoint), json.dumps(plan))
     result: list[int] = json.loads(proc.stdout)
     return result
 
@@ -312,15 +318,7 @@ def test_an_unprivileged_load_names_the_capability() -> None:
         "except CgroupError as e:\n"
         "    print(e)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_python(code)
     assert "operation not permitted" in proc.stdout and "CAP_SYS_ADMIN" in proc.stdout
 
 

@@ -101,7 +101,7 @@ class StateDir:
         """Remove what dead Runtimes left behind; returns the container ids swept."""
         swept = []
         for record in self.records():
-            if process_start_time(record.owner_pid) == record.owner_start_time:
+            if _is_alive(record.owner_pid, record.owner_start_time):
                 continue  # its Runtime is alive (maybe it is us)
             remove_cgroup(record)
             self.forget(record.id)
