@@ -51,6 +51,7 @@ from vortex.security.policy import (
     READONLY_PATHS,
     SecurityPolicy,
     clamp_to_host,
+    maps_inside,
 )
 from vortex.security.seccomp import load_profile_file
 from vortex.state import StateDir
@@ -151,7 +152,7 @@ def _rootless_maps(container: Container, policy: SecurityPolicy) -> None:
     else:
         policy.uid_map, policy.gid_map = rootless.id_maps(rootless.subordinate_ids())
     policy.rootless = True
-    if not (_mapped(policy.uid_map, user.uid) and _mapped(policy.gid_map, user.gid)):
+    if not (maps_inside(policy.uid_map, user.uid) and maps_inside(policy.gid_map, user.gid)):
         if len(policy.uid_map) == 1 and policy.uid_map[0][2] == 1:
             raise SpecError(
                 f"--user {user.uid}:{user.gid}: a rootless container maps only uid and gid 0 "
@@ -163,10 +164,6 @@ def _rootless_maps(container: Container, policy: SecurityPolicy) -> None:
             f"(uids {rootless.describe_map(policy.uid_map)}; gids "
             f"{rootless.describe_map(policy.gid_map)})"
         )
-
-
-def _mapped(id_map: tuple[tuple[int, int, int], ...], inside: int) -> bool:
-    return any(first <= inside < first + count for first, _outside, count in id_map)
 
 
 def _allocate_userns_block(container: Container) -> None:

@@ -132,7 +132,7 @@ class SecurityPolicy:
             userns=bool(self.uid_map),
             # With subordinate gids newgidmap allows setgroups and gid 5 (tty) is
             # mapped: the init then behaves as under root.
-            rootless=self.rootless and not _maps_inside(self.gid_map, 5),
+            rootless=self.rootless and not maps_inside(self.gid_map, 5),
         )
 
 
@@ -166,7 +166,8 @@ class InitSecurity:
     devpts gets no gid=5."""
 
 
-def _maps_inside(id_map: tuple[tuple[int, int, int], ...], inside: int) -> bool:
+def maps_inside(id_map: tuple[tuple[int, int, int], ...], inside: int) -> bool:
+    """Whether ``inside`` is one of the ids an ``(inside, outside, count)`` map covers."""
     return any(first <= inside < first + count for first, _outside, count in id_map)
 
 
