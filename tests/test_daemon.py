@@ -288,3 +288,15 @@ def test_socket_activation_with_the_wrong_socket_is_one_line(tmp_path: Path) -> 
         "vortex: socket activation passed a socket that is not a unix SOCK_SEQPACKET one: "
         "use ListenSequentialPacket= in the socket unit"
     ]
+
+
+def test_relative_seccomp_profile_is_the_clients(
+    daemon: Daemon, rootfs: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "allow.json").write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    served = len(daemon.events("daemon.served"))
+    proc = run_vortex(
+        "run", "--seccomp", "allow.json", str(rootfs), "/bin/sh", "-c", "exit 3", cwd=tmp_path
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert len(daemon.events("daemon.served")) == served + 1

@@ -128,9 +128,9 @@ def client_spec(cwd: str, argv: list[str], fds: list[int]) -> ContainerSpec:
     args.tty = False
     try:
         spec = spec_from_args(args)
-        security = spec.security
-        if isinstance(security.seccomp, str) and security.seccomp not in ("default", "unconfined"):
-            security = dataclasses.replace(security, seccomp=os.path.join(cwd, security.seccomp))
+        security, profile = spec.security, spec.security.seccomp_file
+        if profile is not None:
+            security = dataclasses.replace(security, seccomp=os.path.join(cwd, profile))
         spec = dataclasses.replace(
             spec,
             rootfs=Path(cwd, spec.rootfs),

@@ -97,6 +97,16 @@ class SecurityOptions:
     """Set (by :func:`vortex.oci.load_bundle`): this configuration exactly, instead of
     the defaults; every other field must then keep its default."""
 
+    @property
+    def seccomp_file(self) -> str | None:
+        """The profile's path when ``seccomp`` names a file (not default/unconfined)."""
+        if isinstance(self.seccomp, str) and self.seccomp not in (
+            SECCOMP_DEFAULT,
+            SECCOMP_UNCONFINED,
+        ):
+            return self.seccomp
+        return None
+
     def validate(self) -> None:
         if self.literal is not None and self != SecurityOptions(literal=self.literal):
             raise SpecError(
@@ -117,11 +127,7 @@ class SecurityOptions:
                 raise SpecError(
                     f"--ulimit {name}: an unlimited soft limit needs an unlimited hard one"
                 )
-        is_path = isinstance(self.seccomp, str) and self.seccomp not in (
-            SECCOMP_DEFAULT,
-            SECCOMP_UNCONFINED,
-        )
-        if is_path and not Path(str(self.seccomp)).is_file():
+        if self.seccomp_file is not None and not Path(self.seccomp_file).is_file():
             raise SpecError(
                 f"--seccomp {self.seccomp!r}: no such file (use a JSON profile, "
                 "'default' or 'unconfined')"
