@@ -98,7 +98,7 @@ class V1Cgroup(Cgroup):
 
     @property
     def mounts(self) -> Mapping[str, str]:
-        """Controller → mount point of its hierarchy, as the backend found them."""
+        """Controller → mount point of every v1 hierarchy the backend found."""
         return self._mounts
 
     def path(self, controller: str) -> str | None:
@@ -362,6 +362,9 @@ class V1Backend(CgroupBackend):
         self.root = root
         self.parent = normalize_parent(parent)
         found = find_v1_hierarchies(root) if hierarchies is None else hierarchies
+        self.mounts: dict[str, str] = dict(found)
+        """Every v1 hierarchy found, Vortex's or not (the security plugin places
+        containers in the devices one): read once, not on every start."""
         self.hierarchies: dict[str, str] = {
             c: found[c] for c in CONTROLLERS + ON_DEMAND if c in found
         }
@@ -386,7 +389,7 @@ class V1Backend(CgroupBackend):
         removed again and CgroupError is raised.
         """
         check_name(name)
-        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout, mounts=self.hierarchies)
+        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout, mounts=self.mounts)
         made: list[str] = []
         try:
             for directory in cgroup.paths:
@@ -413,7 +416,7 @@ class V1Backend(CgroupBackend):
     def open(self, name: str) -> V1Cgroup:
         """Open ``name``; it must exist in at least one hierarchy (a half-removed one is fine)."""
         check_name(name)
-        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout, mounts=self.hierarchies)
+        cgroup = V1Cgroup(name, self._dirs(name), timeout=self.timeout, mounts=self.mounts)
         if not any(os.path.isdir(d) for d in cgroup.paths):
             raise CgroupError(
                 f"cgroup {name} does not exist under {', '.join(self.parent_paths())}"
