@@ -41,6 +41,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,18 @@ def subjects(
             lambda i: vortex_run,
             "in-process: no daemon",
             env=dict(os.environ, VORTEX_DAEMON_SOCKET="off"),
+        ),
+        Subject(
+            "vortex, python -S",
+            lambda i: [sys.executable, "-S", *vortex_run[1:]],
+            "the same, in-process, on an interpreter that skips site: the package and its "
+            "dependencies on PYTHONPATH, no .pth hooks (what a regular install on a machine "
+            "without such hooks pays, less site's own ~1.5 ms)",
+            env=dict(
+                os.environ,
+                VORTEX_DAEMON_SOCKET="off",
+                PYTHONPATH=f"{REPO}:{sysconfig.get_paths()['purelib']}",
+            ),
         ),
         Subject(
             "vortex via daemon",

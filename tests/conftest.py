@@ -241,3 +241,18 @@ def run_vortex(
         check=False,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` from the checkout; it must exit 0.  For what must
+    happen in a fresh process (no threads, nothing imported yet)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc

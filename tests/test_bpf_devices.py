@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_python
 from vortex.errors import CgroupError, SpecError
 from vortex.security import bpf_devices
 from vortex.security.devices import ALLOWED_DEVICES, DeviceRule, parse_rule
@@ -113,20 +113,6 @@ def cgroup_dir() -> Iterator[str]:
                 if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-
-
-def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -c code args...`` from the checkout; it must exit 0."""
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def run_child(cgroup: str, mountpoint: Path, plan: dict[str, object]) -> list[int]:

@@ -159,3 +159,14 @@ _libc.unshare.argtypes = [ctypes.c_int]
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def is_single_threaded() -> bool:
+    """Whether this process has exactly one thread, by the kernel's count: also
+    threads that ``threading`` does not know (started with ``_thread`` or in C).
+    Forking is only safe then (a lock held by another thread stays held forever)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Threads:"):
+                return int(line.split()[1]) == 1
+    return False

@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    stop_warmup = None
     if requested_subcommand(words) == "run":
         # A listening ``vortex daemon`` runs it warm (vortex/daemon/__init__.py).
         from vortex.daemon.client import run_through_daemon
@@ -98,8 +99,14 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         served = run_through_daemon(words)
         if served is not None:
             return served
-    args = build_parser(requested_subcommand(words) or "").parse_args(words)
+        # We will move an init into a v1 cgroup: have the kernel's wait for that
+        # pass while we import (vortex/cgroups/warmup.py).
+        from vortex.cgroups import warmup
+
+        warmup.start()
+        stop_warmup = warmup.stop
     try:
+        args = build_parser(requested_subcommand(words) or "").parse_args(words)
         from vortex.log import configure_logging
 
         configure_logging(args.log_level, args.log_format)
@@ -111,6 +118,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
+    finally:
+        if stop_warmup is not None:
+            stop_warmup()  # normally already stopped before the clone
 
 
 if __name__ == "__main__":

@@ -10,15 +10,15 @@ import termios
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.abc
-from anyio.streams.memory import MemoryObjectSendStream
-
 from vortex.errors import ContainerStateError
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec
 
 if TYPE_CHECKING:
+    import anyio
+    import anyio.abc
+    from anyio.streams.memory import MemoryObjectSendStream
+
     from vortex.cgroups.base import Cgroup, CgroupStats
     from vortex.cgroups.oom import OomWatch
     from vortex.security.policy import InitSecurity
@@ -60,7 +60,9 @@ class Container:
         self.state_dir: StateDir | None = None
         """The Runtime's state directory: host-side allocations that must outlive a
         crash of the Runtime are recorded there (the ``--userns auto`` id blocks)."""
-        self._exited = anyio.Event()
+        self._exited: anyio.Event | None = None
+        """Created by the first :meth:`wait`: a container run without an event loop
+        (vortex.direct) never needs one, and anyio cannot make one outside a loop."""
         self._result: RunResult | None = None
         self.oom_kills = 0
         """Processes of this container the OOM killer killed so far (live, v1 and v2)."""
@@ -78,7 +80,12 @@ class Container:
 
     async def wait(self) -> RunResult:
         """Wait until the container has exited and been cleaned up."""
-        await self._exited.wait()
+        if self._result is None:
+            if self._exited is None:
+                import anyio
+
+                self._exited = anyio.Event()
+            await self._exited.wait()
         assert self._result is not None
         return self._result
 
@@ -116,6 +123,8 @@ class Container:
         """
         if self.cgroup is None or self.pidfd is None or self.state != "running":
             raise ContainerStateError(f"cannot pause container {self.name}: it is {self.state}")
+        import anyio.to_thread
+
         await anyio.to_thread.run_sync(self.cgroup.freeze)
         self.state = "paused"
 
@@ -123,11 +132,15 @@ class Container:
         """Thaw a container frozen by :meth:`pause`; ``state`` goes back to ``running``."""
         if self.cgroup is None or self.pidfd is None or self.state != "paused":
             raise ContainerStateError(f"cannot resume container {self.name}: it is {self.state}")
+        import anyio.to_thread
+
         await anyio.to_thread.run_sync(self.cgroup.thaw)
         self.state = "running"
 
     async def stop(self, grace_period: float = 10.0, sig: int = signal.SIGTERM) -> RunResult:
         """Graceful stop: ``sig``, then SIGKILL after ``grace_period`` seconds."""
+        import anyio
+
         self.kill(sig)
         with anyio.move_on_after(grace_period):
             return await self.wait()
@@ -151,10 +164,12 @@ class Container:
         process killed while PID 1 lives on shows up here and in the
         ``container.oom`` log event, not in the final result's ``oom_killed``.
         """
+        import anyio
+
         send, receive = anyio.create_memory_object_stream[int](16)
         if self.oom_kills:
             send.send_nowait(self.oom_kills)  # what happened before the call
-        if self._exited.is_set():
+        if self._result is not None:
             send.close()
         else:
             self._oom_subscribers.append(send)
@@ -165,6 +180,8 @@ class Container:
     def _report_oom(self, count: int) -> None:
         """Called by the Runtime's OOM watcher with the new ``oom_kill`` count."""
         self.oom_kills = count
+        import anyio
+
         for send in self._oom_subscribers:
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
                 send.send_nowait(count)
@@ -175,4 +192,5 @@ class Container:
         self._oom_subscribers.clear()
         self._result = result
         self.state = "exited"
-        self._exited.set()
+        if self._exited is not None:
+            self._exited.set()

@@ -15,22 +15,16 @@ import time
 import anyio
 import anyio.abc
 
-from vortex import _linux as L
 from vortex import log
 from vortex.container import Container
 from vortex.errors import ContainerSetupError, ExecError, HelperError
 from vortex.helper.client import ForkHelper
 from vortex.helper.init import decode_failure
-from vortex.helper.plan import InitPlan, SpawnRequest
+from vortex.lifecycle import spawn_request
 from vortex.ops import SetupOp
-from vortex.security.policy import InitSecurity
 from vortex.spec import Stdio
 from vortex.streams import FdReceiveStream, FdSendStream, read_all
 from vortex.terminal import relay, window_size
-
-NAMESPACE_FLAGS = L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWNET | L.CLONE_NEWIPC
-"""Namespaces created at clone.  The cgroup namespace is unshared by the init
-once it is in its cgroup, so that its own cgroup is its root on v1 as well."""
 
 OUTPUT_DRAIN_TIMEOUT = 5.0
 """How long to wait for output pipes to reach EOF once the init is reaped."""
@@ -58,7 +52,8 @@ class Launch:
 
     # ------------------------------------------------------------------ clone
 
-    async def clone(self, plan_ops: list[SetupOp], security: InitSecurity | None = None) -> None:
+    async def clone(self, plan_ops: list[SetupOp]) -> None:
+        """Have the helper clone the init with ``plan_ops`` and ``container.security``."""
         container, spec = self.container, self.container.spec
         sync_r, self._sync_w = os.pipe2(os.O_CLOEXEC)
         self._child_ends.append(sync_r)
@@ -79,22 +74,9 @@ class Launch:
         if cgroup_fd is not None:
             self._child_ends.append(cgroup_fd)
             self.cloned_into_cgroup = True
-        plan = InitPlan(
-            rootfs=str(spec.rootfs),
-            argv=tuple(spec.command),
-            env=tuple(spec.env.items()),
-            workdir=spec.workdir,
-            uid=spec.user.uid,
-            gid=spec.user.gid,
-            hostname=container.hostname,
-            tty=spec.tty,
-            ops=tuple(plan_ops),
-            security=security,
-        )
-        request = SpawnRequest(
-            plan=plan,
-            clone_flags=NAMESPACE_FLAGS
-            | (L.CLONE_NEWUSER if security is not None and security.userns else 0),
+        request = spawn_request(
+            container,
+            plan_ops,
             has_console_socket=self._console is not None,
             has_cgroup_fd=cgroup_fd is not None,
         )

@@ -164,9 +164,43 @@ async def call_async(
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            error = PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}")
-            error.__cause__ = exc
-            if not keep_going:
-                raise error from exc
-            failures.append(error)
+            failures.append(_failed(impl, hook_name, exc, keep_going))
     return failures
+
+
+def call_blocking(
+    pm: pluggy.PluginManager, hook_name: str, *, keep_going: bool = False, **kwargs: Any
+) -> list[PluginError]:
+    """:func:`call_async` for a caller without an event loop (vortex.direct).
+
+    An async implementation is run to completion on an event loop of its own,
+    started for that call: the cost of importing the event loop is only paid
+    when a loaded plugin needs it.
+    """
+    failures = []
+    for impl in _implementations(pm, hook_name):
+        try:
+            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            if inspect.isawaitable(result):
+                _run_to_completion(result)
+        except Exception as exc:
+            failures.append(_failed(impl, hook_name, exc, keep_going))
+    return failures
+
+
+def _run_to_completion(awaitable: Any) -> None:
+    import anyio
+
+    async def finish() -> None:
+        await awaitable
+
+    anyio.run(finish)
+
+
+def _failed(impl: pluggy.HookImpl, hook_name: str, exc: Exception, keep_going: bool) -> PluginError:
+    """The PluginError for ``exc``: raised, unless ``keep_going`` (then returned)."""
+    error = PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}")
+    error.__cause__ = exc
+    if not keep_going:
+        raise error from exc
+    return error

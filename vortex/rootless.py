@@ -205,16 +205,22 @@ def describe_map(id_map: IdMap) -> str:
     return ", ".join(f"{i}-{i + n - 1} -> {o}-{o + n - 1}" for i, o, n in id_map)
 
 
+def maps_own_ids_only(uid_map: IdMap, gid_map: IdMap) -> bool:
+    """True when the maps name only the caller's own uid and gid: the one case the
+    kernel lets an unprivileged process write itself (once, with setgroups denied)."""
+    return uid_map == ((0, os.geteuid(), 1),) and gid_map == ((0, os.getegid(), 1),)
+
+
 async def write_id_maps(pid: int, uid_map: IdMap, gid_map: IdMap) -> None:
     """Write the maps of a cloned init that waits on its sync pipe.
 
-    The kernel lets an unprivileged process write only its own id, once, with
-    setgroups denied: that case is written directly.  Anything else goes through
-    newuidmap/newgidmap, setuid helpers that check the ranges against /etc/subuid
-    and /etc/subgid (newgidmap also allows setgroups when the gid ranges come from
-    /etc/subgid).  The init is our unreaped child, so its PID cannot be reused.
+    Only the caller's own ids (:func:`maps_own_ids_only`) are written directly.
+    Anything else goes through newuidmap/newgidmap, setuid helpers that check the
+    ranges against /etc/subuid and /etc/subgid (newgidmap also allows setgroups
+    when the gid ranges come from /etc/subgid).  The init is our unreaped child,
+    so its PID cannot be reused.
     """
-    if uid_map == ((0, os.geteuid(), 1),) and gid_map == ((0, os.getegid(), 1),):
+    if maps_own_ids_only(uid_map, gid_map):
         from vortex.security.apply import write_id_maps as write_directly
 
         write_directly(pid, uid_map, gid_map, deny_setgroups=True)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from vortex.container import Container
+    from vortex.result import RunResult
     from vortex.runtime import Runtime
     from vortex.spec import ContainerSpec
 
@@ -138,8 +139,6 @@ def _rootless_resources(args: argparse.Namespace, spec: ContainerSpec) -> Contai
 
 
 def main(args: argparse.Namespace) -> int:
-    import anyio
-
     if args.bundle is not None:
         from vortex.oci.cli import spec_from_args as bundle_spec_from_args
 
@@ -149,12 +148,26 @@ def main(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         spec = _rootless_resources(args, spec)
     spec.validate()  # before any process or cgroup exists
-    return anyio.run(_run_container, spec, args.no_plugin, args.cgroup_parent)
+    from vortex import direct
+
+    if direct.supports(spec):
+        # No terminal to relay: no event loop needed either (vortex/direct.py).
+        options = {} if args.cgroup_parent is None else {"cgroup_parent": args.cgroup_parent}
+        status, message = foreground_outcome(
+            direct.run(spec, disabled_plugins=args.no_plugin, **options)
+        )
+    else:
+        import anyio
+
+        status, message = anyio.run(_run_container, spec, args.no_plugin, args.cgroup_parent)
+    if message:
+        print(f"vortex: {message}", file=sys.stderr)
+    return status
 
 
 async def _run_container(
     spec: ContainerSpec, disabled: list[str], cgroup_parent: str | None = None
-) -> int:
+) -> tuple[int, str | None]:
     import signal
 
     import anyio
@@ -166,10 +179,7 @@ async def _run_container(
     async with Runtime(disabled_plugins=disabled, **options) as runtime:
         # Listen before the start so a signal that arrives meanwhile is not lost.
         with anyio.open_signal_receiver(*forwarded) as signals:
-            status, message = await run_in_foreground(runtime, spec, signals)
-    if message:
-        print(f"vortex: {message}", file=sys.stderr)
-    return status
+            return await run_in_foreground(runtime, spec, signals)
 
 
 async def run_in_foreground(
@@ -188,6 +198,12 @@ async def run_in_foreground(
         tg.start_soon(_forward_signals, signals, container)
         result = await container.wait()
         tg.cancel_scope.cancel()
+    return foreground_outcome(result)
+
+
+def foreground_outcome(result: RunResult) -> tuple[int, str | None]:
+    """The exit status ``vortex run`` reports for ``result``, and the line it prints
+    (or None): the command's own status, unless the container was OOM-killed."""
     message = f"container {result.name} {result.describe()}" if result.oom_killed else None
     return (result.status if result.error is None else EXIT_RUNTIME_ERROR), message
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -30,17 +28,23 @@ import anyio
 import anyio.abc
 import pluggy
 
-from vortex import cgroups, log, rootless
+from vortex import cgroups, log
 from vortex.container import Container
-from vortex.errors import VortexError
 from vortex.helper.client import ForkHelper
 from vortex.launch import Launch
-from vortex.ops import SetupOp
-from vortex.pluginmanager import call_async, call_sync, load_plugins
+from vortex.lifecycle import (
+    Host,
+    collect_result,
+    describe_failure,
+    new_container,
+    open_host,
+    plan_setup,
+    release,
+)
+from vortex.pluginmanager import call_async
 from vortex.result import RunResult
-from vortex.security.policy import SecurityPolicy
 from vortex.spec import ContainerSpec
-from vortex.state import DEFAULT_STATE_DIR, ContainerRecord, StateDir
+from vortex.state import DEFAULT_STATE_DIR, StateDir
 
 if TYPE_CHECKING:
     from vortex.cgroups.oom import OomWatch
@@ -81,28 +85,25 @@ class Runtime:
         self._launches: dict[str, Launch] = {}
         self.plugin_manager: pluggy.PluginManager | None = None
         self.cgroups: cgroups.CgroupBackend | None = None
+        self._host: Host | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Runtime:
-        if rootless.is_rootless():
-            rootless.check_user_namespaces()
-            if self._state_dir == DEFAULT_STATE_DIR:
-                self._state_dir = rootless.state_dir()
         # The helper first: after this point plugins and anyio may start threads.
         self._helper = ForkHelper.start()
         try:
-            self.plugin_manager = load_plugins(
-                self._disabled, extra=self._extra_plugins, entry_points=self._entry_points
+            self._host = open_host(
+                disabled_plugins=self._disabled,
+                plugins=self._extra_plugins,
+                entry_points=self._entry_points,
+                cgroup_root=self._cgroup_root,
+                cgroup_parent=self._cgroup_parent,
+                state_dir=self._state_dir,
             )
-            if not rootless.is_rootless():
-                self.cgroups = cgroups.detect(self._cgroup_root, self._cgroup_parent)
-            elif (delegated := rootless.delegated_cgroup_parent(self._cgroup_root)) is not None:
-                self.cgroups = cgroups.detect(self._cgroup_root, delegated)
-            # else rootless without a delegated cgroup: containers get none (cgroup None)
-            self.state = StateDir(self._state_dir)
-            for swept in self.state.sweep_stale(self._remove_stale_cgroup):
-                log.emit("info", "container.swept", container_id=swept)
+            self.plugin_manager = self._host.plugin_manager
+            self.cgroups = self._host.cgroups
+            self.state = self._host.state
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
         except BaseException:
@@ -157,36 +158,13 @@ class Runtime:
         """Clone the container's init, place it in its cgroup, run ``post_cgroup``
         hooks, and leave it waiting: :meth:`resume` lets it set up and exec."""
         assert self._helper is not None and self._task_group is not None
-        assert self.plugin_manager is not None
-        spec.validate()
-        # What secrets.token_hex(16) returns, without importing hmac and hashlib
-        # (~3-4 ms of a cold start) for it.
-        container_id = os.urandom(16).hex()
-        container = Container(
-            spec,
-            container_id,
-            name=spec.name or container_id[:12],
-            hostname=spec.hostname or container_id[:12],
-        )
-        container.state_dir = self.state
+        assert self._host is not None and self.plugin_manager is not None
+        container = new_container(self._host, spec)
         launch = Launch(container, self._helper)
-        self._containers[container_id] = container
+        self._containers[container.id] = container
         try:
-            assert self.state is not None
-            parent = self.cgroups.parent if self.cgroups is not None else ""
-            self.state.record(container_id, container.name, container_id, parent)
-            if self.cgroups is not None:
-                container.cgroup = self.cgroups.create(container_id)
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
-            plan_ops: list[SetupOp] = list(spec.mounts)
-            for contributed in call_sync(
-                self.plugin_manager, "vortex_pre_pivot", container=container
-            ):
-                plan_ops.extend(contributed)
-            policy = SecurityPolicy()  # unconfined until vortex_security hooks decide
-            call_sync(self.plugin_manager, "vortex_security", container=container, policy=policy)
-            container.security = policy.compile()
-            await launch.clone(plan_ops, container.security)
+            await launch.clone(plan_setup(self._host, container))
             self._task_group.start_soon(self._watch, container, launch)
             _start_oom_watch(self._task_group, container)
             launch.start_output_tasks(self._task_group)
@@ -196,7 +174,7 @@ class Runtime:
         except BaseException as exc:
             await self._abort(container, launch, exc)
             raise
-        self._launches[container_id] = launch
+        self._launches[container.id] = launch
         return container
 
     async def resume(self, container: Container) -> None:
@@ -223,18 +201,6 @@ class Runtime:
             launch.post_start_done.set()
 
     # ------------------------------------------------------------------ internals
-
-    def _remove_stale_cgroup(self, record: ContainerRecord) -> None:
-        """Remove the cgroup a dead Runtime left, under whichever parent it used."""
-        if self.cgroups is None or not record.cgroup_parent:
-            return  # rootless without a cgroup: nothing was created
-        backend = self.cgroups
-        try:
-            if record.cgroup_parent != backend.parent:
-                backend = cgroups.detect(self._cgroup_root, record.cgroup_parent)
-            backend.open(record.cgroup).remove()
-        except VortexError as exc:
-            log.emit("warning", "cgroup.sweep_failed", cgroup=record.cgroup, error=str(exc))
 
     async def _abort(self, container: Container, launch: Launch, exc: BaseException) -> None:
         """A start failed: make sure the init is gone, then clean up like an exit."""
@@ -278,46 +244,18 @@ class Runtime:
     async def _finish(
         self, container: Container, launch: Launch, info: os.waitid_result | None
     ) -> None:
-        ended = time.monotonic()
-        cgroup = container.cgroup
-        if cgroup is not None and info is not None:
-            # PID 1 is gone, so the kernel kills the rest of its PID namespace; make
-            # sure of it (and of anything that moved out of reach) before reading stats.
+        if container.cgroup is not None and info is not None:
+            # PID 1 is gone, so the kernel kills the rest of its PID namespace: the
+            # output pipes reach EOF unless something escaped the namespace.
             with contextlib.suppress(Exception):
-                cgroup.kill()
+                container.cgroup.kill()
         stdout, stderr = await launch.collect_output()
         if launch.post_start_done is not None:
             await launch.post_start_done.wait()  # on_exit never overtakes post_start
-        stats = None
-        if cgroup is not None:
-            try:
-                stats = cgroup.stats()
-            except VortexError as exc:
-                log.emit(
-                    "warning", "cgroup.stats_failed", container_id=container.id, error=str(exc)
-                )
-        exit_code = sig = None
-        if info is not None:
-            if info.si_code == os.CLD_EXITED:
-                exit_code = info.si_status
-            else:
-                sig = info.si_status
-        oom = bool(stats and stats.oom_kills) and (sig == signal.SIGKILL or exit_code == 137)
-        result = RunResult(
-            container_id=container.id,
-            name=container.name,
-            exit_code=exit_code,
-            signal=sig,
-            oom_killed=oom,
-            wall_time=ended - launch.cloned_at if launch.cloned_at else 0.0,
-            cpu_time=stats.cpu_time if stats else None,
-            memory_peak=stats.memory_peak if stats else None,
-            oom_kills=stats.oom_kills if stats else 0,
-            pids_peak=stats.pids_peak if stats else None,
-            cpu_throttled_periods=stats.cpu_throttled_periods if stats else None,
-            cpu_throttled_time=stats.cpu_throttled_time if stats else None,
-            io_read_bytes=stats.io_read_bytes if stats else None,
-            io_write_bytes=stats.io_write_bytes if stats else None,
+        result = collect_result(
+            container,
+            info,
+            cloned_at=launch.cloned_at,
             stdout=stdout,
             stderr=stderr,
             error=launch.error,
@@ -331,14 +269,9 @@ class Runtime:
             result=result,
         ):
             log.emit("error", "plugin.failed", container_id=container.id, error=str(failure))
-        if cgroup is not None:
-            try:
-                cgroup.remove()
-            except VortexError as exc:
-                log.emit("error", "cgroup.remove_failed", container_id=container.id, error=str(exc))
+        assert self._host is not None
+        release(self._host, container)
         launch.close_all()
-        assert self.state is not None
-        self.state.forget(container.id)
         self._containers.pop(container.id, None)
         self._launches.pop(container.id, None)
         _stop_oom_watch(container)
@@ -366,24 +299,21 @@ def _stop_oom_watch(container: Container) -> None:
 async def _watch_oom(container: Container, watch: OomWatch) -> None:
     """Report OOM kills while the container runs: emit ``container.oom`` and feed
     Container.oom_events() each time the kernel signals the fd and oom_kill grew."""
+    from vortex.cgroups.oom import RECHECK_DELAYS, report_new_kills
+
     # Read first: an OOM before the watch existed sent no notification.
     retries: tuple[float, ...] = (0.0,)
     with contextlib.suppress(anyio.ClosedResourceError, OSError):
         while watch.fd >= 0:
             for delay in retries:
                 await anyio.sleep(delay)
-                count = watch.oom_kills()
-                if count > container.oom_kills:
-                    log.emit("warning", "container.oom", container_id=container.id, oom_kills=count)
-                    container._report_oom(count)
+                if report_new_kills(container, watch):
                     break
             if watch.fd < 0:
                 break
             await anyio.wait_readable(watch.fd)
             watch.drain()
-            # v1 notifies when the OOM starts, before the victim is killed and
-            # counted: look again a few times shortly after a notification.
-            retries = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)
+            retries = RECHECK_DELAYS
 
 
 async def _wait_pidfd(pidfd: int) -> None:
@@ -392,8 +322,6 @@ async def _wait_pidfd(pidfd: int) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, VortexError):
-        return str(exc)
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return "start cancelled"
-    return f"{type(exc).__name__}: {exc}"
+    return describe_failure(exc)

@@ -10,8 +10,9 @@
 Either way the fd only says "something happened": :meth:`OomWatch.oom_kills`
 then reads the ``oom_kill`` counter, which counts processes the OOM killer
 actually killed.  The runtime awaits the fd in its event loop
-(:func:`vortex.runtime.Runtime` starts one watcher task per container), emits
-the ``container.oom`` log event and feeds :meth:`vortex.Container.oom_events`.
+(:func:`vortex.runtime.Runtime` starts one watcher task per container; a direct
+run polls it beside the pidfd) and :func:`report_new_kills` emits the
+``container.oom`` log event and feeds :meth:`vortex.Container.oom_events`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+from typing import TYPE_CHECKING
 
+from vortex import log
 from vortex.cgroups._common import parse_flat_keyed, read_optional
 from vortex.cgroups.base import Cgroup
+
+if TYPE_CHECKING:
+    from vortex.container import Container
 
 IN_MODIFY = 0x00000002
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
+
+RECHECK_DELAYS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)
+"""Seconds after a notification at which the counter is read again: v1 notifies
+when the OOM starts, before the victim is killed and counted."""
 
 _libc: ctypes.CDLL | None = None
 
@@ -56,19 +66,18 @@ class OomWatch:
     def open(cls, cgroup: Cgroup) -> OomWatch | None:
         """A watch for ``cgroup``, or None when it has no memory controller to watch."""
         from vortex.cgroups.v1 import V1Cgroup
-        from vortex.cgroups.v2 import V2Cgroup
 
         try:
-            if isinstance(cgroup, V2Cgroup):
-                events = os.path.join(cgroup.path, "memory.events")
-                if not os.path.exists(events):
-                    return None
-                return cls(_inotify_fd(events), events)
             if isinstance(cgroup, V1Cgroup):
                 directory = cgroup.path("memory")
-                if directory is None:
-                    return None
-                return cls._v1(directory)
+                return None if directory is None else cls._v1(directory)
+            # Otherwise v2; its module is imported only then (it is not loaded on v1).
+            from vortex.cgroups.v2 import V2Cgroup
+
+            if isinstance(cgroup, V2Cgroup):
+                events = os.path.join(cgroup.path, "memory.events")
+                if os.path.exists(events):
+                    return cls(_inotify_fd(events), events)
         except OSError:
             return None
         return None
@@ -113,3 +122,13 @@ class OomWatch:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def report_new_kills(container: Container, watch: OomWatch) -> bool:
+    """Read the counter; if it grew, emit ``container.oom`` and tell the container."""
+    count = watch.oom_kills()
+    if count <= container.oom_kills:
+        return False
+    log.emit("warning", "container.oom", container_id=container.id, oom_kills=count)
+    container._report_oom(count)
+    return True

@@ -7,10 +7,11 @@ import pickle
 import socket
 import subprocess
 import sys
-import threading
 
 import anyio
 
+from vortex import _linux as L
+from vortex.cgroups import warmup
 from vortex.errors import HelperError
 from vortex.helper.plan import SpawnRequest
 from vortex.helper.server import MAX_INLINE_REQUEST, MAX_REQUEST, SPILLED_REQUEST, serve
@@ -33,10 +34,11 @@ class ForkHelper:
         """Start the helper: forked when this process is still single-threaded (cheap,
         about a millisecond), exec'd as ``python -m vortex.helper`` otherwise (safe from
         a threaded process, since subprocess's fork+exec runs no Python in between)."""
+        warmup.stop()  # its thread ends first: then we may fork instead of exec
         ours, theirs = socket.socketpair(
             socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
         )
-        if threading.active_count() == 1:
+        if L.is_single_threaded():
             pid = os.fork()
             if pid == 0:
                 ours.close()
@@ -55,19 +57,7 @@ class ForkHelper:
 
     async def spawn(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
         """Ask for one clone; returns ``(pid, pidfd)``.  The fds are only lent."""
-        payload = pickle.dumps(request)
-        if len(payload) > MAX_REQUEST:
-            raise HelperError(
-                f"container spec too large ({len(payload)} bytes, at most {MAX_REQUEST}): "
-                "shorten the command line or the environment"
-            )
-        spilled = None
-        if len(payload) > MAX_INLINE_REQUEST:
-            # One SOCK_SEQPACKET message must fit the socket buffer (~200 KiB by
-            # default): a larger request travels in a memfd passed along first.
-            spilled = os.memfd_create("vortex-spawn-request", os.MFD_CLOEXEC)
-            os.write(spilled, payload)
-            payload, fds = SPILLED_REQUEST, [spilled, *fds]
+        payload, fds, spilled = _encode(request, fds)
         try:
             async with self._lock:
                 if self._closed:
@@ -81,16 +71,20 @@ class ForkHelper:
         finally:
             if spilled is not None:
                 os.close(spilled)
-        if not message:
-            for fd in received:
-                os.close(fd)
-            raise HelperError("the fork helper exited unexpectedly; see its output above")
-        reply = pickle.loads(message)
-        if reply[0] == "error":
-            raise HelperError(f"clone failed: {reply[2]}")
-        if len(received) != 1:
-            raise HelperError("the fork helper answered without a pidfd")
-        return int(reply[1]), received[0]
+        return _decode(message, received)
+
+    def spawn_blocking(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
+        """:meth:`spawn` for a caller without an event loop (one request at a time)."""
+        payload, fds, spilled = _encode(request, fds)
+        try:
+            socket.send_fds(self._sock, [payload], fds)
+            message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+        except OSError as exc:
+            raise HelperError(f"fork helper unreachable: {exc}") from exc
+        finally:
+            if spilled is not None:
+                os.close(spilled)
+        return _decode(message, received)
 
     def close(self) -> None:
         """Close the socket (the helper exits on EOF) and reap the helper."""
@@ -105,3 +99,34 @@ class ForkHelper:
                 os.waitpid(self.pid, 0)
         except (ChildProcessError, subprocess.TimeoutExpired):
             pass
+
+
+def _encode(request: SpawnRequest, fds: list[int]) -> tuple[bytes, list[int], int | None]:
+    """The message and fds for ``request``; the third item is a memfd to close after
+    sending, when the request was too large for one message."""
+    payload = pickle.dumps(request)
+    if len(payload) > MAX_REQUEST:
+        raise HelperError(
+            f"container spec too large ({len(payload)} bytes, at most {MAX_REQUEST}): "
+            "shorten the command line or the environment"
+        )
+    if len(payload) <= MAX_INLINE_REQUEST:
+        return payload, fds, None
+    # One SOCK_SEQPACKET message must fit the socket buffer (~200 KiB by
+    # default): a larger request travels in a memfd passed along first.
+    spilled = os.memfd_create("vortex-spawn-request", os.MFD_CLOEXEC)
+    os.write(spilled, payload)
+    return SPILLED_REQUEST, [spilled, *fds], spilled
+
+
+def _decode(message: bytes, received: list[int]) -> tuple[int, int]:
+    if not message:
+        for fd in received:
+            os.close(fd)
+        raise HelperError("the fork helper exited unexpectedly; see its output above")
+    reply = pickle.loads(message)
+    if reply[0] == "error":
+        raise HelperError(f"clone failed: {reply[2]}")
+    if len(received) != 1:
+        raise HelperError("the fork helper answered without a pidfd")
+    return int(reply[1]), received[0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import weakref
+from collections.abc import Awaitable
 
 from vortex import log, rootless
 from vortex.cgroups.base import Cgroup
@@ -258,18 +259,21 @@ def vortex_prepare(container: Container) -> None:
 
 
 @hookimpl(specname="vortex_post_cgroup", tryfirst=True)
-async def post_cgroup_id_maps(container: Container) -> None:
+def post_cgroup_id_maps(container: Container) -> Awaitable[None] | None:
     """Write the user namespace maps first, so later post_cgroup hooks see them.
 
-    The init waits on its sync pipe until every post_cgroup hook is done.  Async
-    because rootless maps may run newuidmap/newgidmap (a few ms each)."""
+    The init waits on its sync pipe until every post_cgroup hook is done.  Only
+    rootless maps with subordinate ids run newuidmap/newgidmap (a few ms each):
+    that case returns an awaitable, which the Runtime awaits (a direct run gives
+    it an event loop of its own); every other case is written here and now.
+    """
     policy = container.plugin_data.get(NAME)
     if not isinstance(policy, SecurityPolicy) or not policy.uid_map or container.pid is None:
-        return
-    if policy.rootless:
-        await rootless.write_id_maps(container.pid, policy.uid_map, policy.gid_map)
-    else:
-        write_id_maps(container.pid, policy.uid_map, policy.gid_map)
+        return None
+    if policy.rootless and not rootless.maps_own_ids_only(policy.uid_map, policy.gid_map):
+        return rootless.write_id_maps(container.pid, policy.uid_map, policy.gid_map)
+    write_id_maps(container.pid, policy.uid_map, policy.gid_map, deny_setgroups=policy.rootless)
+    return None
 
 
 @hookimpl

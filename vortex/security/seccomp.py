@@ -21,7 +21,6 @@ The profile format is docker's (``defaultAction``, ``defaultErrnoRet``,
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import json
 import os
@@ -90,9 +89,9 @@ def _library() -> ctypes.CDLL:
         lib = None
     try:
         if lib is None:
-            lib = ctypes.CDLL(
-                ctypes.util.find_library("seccomp") or "libseccomp.so", use_errno=True
-            )
+            from ctypes.util import find_library
+
+            lib = ctypes.CDLL(find_library("seccomp") or "libseccomp.so", use_errno=True)
     except OSError as exc:
         raise SeccompError(
             f"cannot load libseccomp ({exc}): install it (Debian/Ubuntu: apt-get install "

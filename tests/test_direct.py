@@ -1,0 +1,266 @@
+"""vortex.direct: one container without an event loop, the path of ``vortex run``.
+
+What ``vortex run`` does through it (namespaces, limits, security, exit
+statuses, signal forwarding) is tested in test_cli_run.py; here: what is
+particular to running without the Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VORTEX, run_python
+from vortex import direct
+from vortex.container import Container
+from vortex.errors import ExecError, PluginError, SpecError
+from vortex.hookspecs import hookimpl
+from vortex.result import RunResult
+from vortex.spec import ContainerSpec, Stdio
+
+FRESH_PROCESS_RUN = """
+import json, sys
+from vortex import direct
+from vortex.spec import ContainerSpec, Stdio
+
+def no_helper(*args):
+    raise AssertionError("a single-threaded process must clone the init itself")
+
+direct._clone_through_helper = no_helper
+spec = ContainerSpec(rootfs=sys.argv[1], command=["/bin/sh", "-c", sys.argv[2]], stdout=Stdio.NULL)
+result = direct.run(spec)
+print(json.dumps({
+    "exit_code": result.exit_code,
+    "cpu_time": result.cpu_time,
+    "memory_peak": result.memory_peak,
+    "wall_time": result.wall_time,
+    "imported": sorted(m for m in ("asyncio", "anyio", "trio") if m in sys.modules),
+}))
+"""
+
+
+def test_runs_in_a_fresh_process_without_event_loop_or_helper(rootfs: Path) -> None:
+    script = "head -c 30000000 /dev/zero | md5sum; exit 7"
+    proc = run_python(FRESH_PROCESS_RUN, str(rootfs), script)
+    outcome = json.loads(proc.stdout)
+    assert outcome["exit_code"] == 7
+    assert outcome["cpu_time"] > 0 and outcome["memory_peak"] > 0 and outcome["wall_time"] > 0
+    assert outcome["imported"] == []
+
+
+class Recorder:
+    """A plugin that records the lifecycle hooks it sees, one of them async."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.result: RunResult | None = None
+        self.init_cgroup = ""
+
+    @hookimpl
+    def vortex_prepare(self) -> None:
+        self.calls.append("prepare")
+
+    @hookimpl
+    async def vortex_post_cgroup(self, container: Container) -> None:
+        import anyio
+
+        await anyio.lowlevel.checkpoint()  # really needs an event loop
+        self.init_cgroup = await anyio.Path(f"/proc/{container.pid}/cgroup").read_text()
+        self.calls.append("post_cgroup")
+
+    @hookimpl
+    def vortex_post_start(self) -> None:
+        self.calls.append("post_start")
+
+    @hookimpl
+    def vortex_on_exit(self, result: RunResult) -> None:
+        self.calls.append("on_exit")
+        self.result = result
+
+
+def spec_for(rootfs: Path, *command: str, **fields: object) -> ContainerSpec:
+    return ContainerSpec(rootfs=rootfs, command=list(command), stdout=Stdio.NULL, **fields)  # type: ignore[arg-type]
+
+
+def test_hooks_run_in_order_and_an_async_one_gets_its_own_loop(rootfs: Path) -> None:
+    recorder = Recorder()
+    result = direct.run(spec_for(rootfs, "/bin/true"), plugins=[recorder])
+    assert recorder.calls == ["prepare", "post_cgroup", "post_start", "on_exit"]
+    assert recorder.result == result and result.exit_code == 0
+    # post_cgroup ran while the init was already in the container's cgroup.
+    assert result.container_id in recorder.init_cgroup
+
+
+def test_exec_failure_is_raised_after_clean_up(rootfs: Path) -> None:
+    recorder = Recorder()
+    with pytest.raises(ExecError) as raised:
+        direct.run(spec_for(rootfs, "/no/such/command"), plugins=[recorder])
+    assert raised.value.exit_status == 127
+    assert recorder.calls == ["prepare", "post_cgroup", "on_exit"]
+    assert recorder.result is not None and "/no/such/command" in (recorder.result.error or "")
+
+
+class FailingPostCgroup:
+    @hookimpl
+    def vortex_post_cgroup(self) -> None:
+        raise RuntimeError("no veth today")
+
+
+def test_a_failing_post_cgroup_hook_aborts_the_waiting_init(rootfs: Path) -> None:
+    recorder = Recorder()
+    with pytest.raises(PluginError, match="no veth today"):
+        direct.run(spec_for(rootfs, "/bin/true"), plugins=[FailingPostCgroup(), recorder])
+    assert recorder.result is not None and recorder.result.exit_code != 0
+    assert "no veth today" in (recorder.result.error or "")
+
+
+class ThreadStarter:
+    """A plugin that keeps a thread running while the container starts."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self.release.wait)
+
+    @hookimpl
+    def vortex_prepare(self) -> None:
+        self.thread.start()
+
+    @hookimpl
+    def vortex_on_exit(self) -> None:
+        self.release.set()
+        self.thread.join()
+
+
+def test_with_another_thread_the_init_is_cloned_by_a_helper(
+    rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    through_helper = []
+    clone_through_helper = direct._clone_through_helper
+
+    def spy(*args: object) -> tuple[int, int]:
+        through_helper.append(True)
+        return clone_through_helper(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(direct, "_clone_through_helper", spy)
+    result = direct.run(spec_for(rootfs, "/bin/sh", "-c", "exit 5"), plugins=[ThreadStarter()])
+    assert through_helper == [True]
+    assert result.exit_code == 5
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"tty": True}, {"stdout": Stdio.CAPTURE}, {"stdin": b"data"}, {"stderr": Stdio.STREAM}],
+)
+def test_specs_that_need_relays_are_refused(rootfs: Path, fields: dict[str, object]) -> None:
+    spec = ContainerSpec(rootfs=rootfs, command=["/bin/true"], **fields)  # type: ignore[arg-type]
+    assert not direct.supports(spec)
+    with pytest.raises(SpecError, match=r"vortex\.Runtime"):
+        direct.run(spec)
+
+
+def test_cli_run_imports_no_event_loop(rootfs: Path) -> None:
+    """Target 1 of the performance issue: nothing heavy before the container runs."""
+    done = subprocess.run(
+        [VORTEX[0], "-X", "importtime", *VORTEX[1:], "run", str(rootfs), "/bin/true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "vortex.direct" in imported
+    heavy = {
+        "asyncio",
+        "anyio._backends._asyncio",
+        "trio",
+        "pyroute2",
+        "structlog",
+        "vortex.runtime",
+    }
+    assert not heavy & imported, sorted(heavy & imported)
+
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory/cgroup.procs")
+
+WARMUP = """
+import json, os, time
+from vortex import _linux as L
+from vortex.cgroups import warmup
+
+def own_cgroups():
+    with open("/proc/self/cgroup") as f:
+        return f.read()
+
+before = own_cgroups()
+warmup.start()
+running = warmup._running
+time.sleep(0.1)
+threads = L.is_single_threaded()
+warmup.stop()
+print(json.dumps({
+    "migrations": running.migrations if running else 0,
+    "single_threaded_while_running": threads,
+    "single_threaded_after": L.is_single_threaded(),
+    "same_cgroups": own_cgroups() == before,
+    "stopped": warmup._running is None,
+}))
+"""
+
+
+@pytest.mark.skipif(not V1_MEMORY.exists(), reason="cgroup v1 memory hierarchy needed")
+def test_attach_warmup_migrates_in_place_until_stopped() -> None:
+    outcome = json.loads(run_python(WARMUP).stdout)
+    assert outcome["migrations"] >= 2  # the first one, then every few ms
+    assert outcome["single_threaded_while_running"] is False
+    assert outcome["single_threaded_after"] is True
+    assert outcome["same_cgroups"] and outcome["stopped"]
+
+
+CLI_AFTER_WARMUP = """
+import sys
+from vortex import cli, direct
+
+def no_helper(*args):
+    raise AssertionError("the warm-up thread must be gone before the clone")
+
+direct._clone_through_helper = no_helper
+sys.exit(cli.run_cli(["run", sys.argv[1], "/bin/true"]))
+"""
+
+
+@pytest.mark.skipif(not V1_MEMORY.exists(), reason="cgroup v1 memory hierarchy needed")
+def test_cli_run_clones_the_init_itself_after_the_warmup(rootfs: Path) -> None:
+    run_python(CLI_AFTER_WARMUP, str(rootfs))
+
+
+# A child shell is OOM-killed while PID 1 lives on (v1 kills one task per OOM).
+OOM_CHILD = "sh -c 'x=$(head -c 200000000 /dev/zero | tr \"\\0\" a)'; echo child=$?; "
+
+
+@pytest.mark.skipif(not V1_MEMORY.exists(), reason="cgroup v1 memory hierarchy needed")
+def test_cli_logs_oom_kills_while_the_container_runs(rootfs: Path) -> None:
+    done = subprocess.run(
+        [
+            *(*VORTEX, "--log-level", "info", "--log-format", "json", "run", "--memory", "32M"),
+            *(str(rootfs), "/bin/sh", "-c", OOM_CHILD + "sleep 1; exit 3"),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ),
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == b"child=137\n"
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith(b"{")]
+    names = [event["event"] for event in events]
+    assert "container.oom" in names, names
+    assert names.index("container.oom") < names.index("container.exited")
+    assert events[names.index("container.oom")]["oom_kills"] >= 1
+    exited = events[names.index("container.exited")]
+    assert exited["exit_code"] == 3 and exited["oom_killed"] is False

@@ -1,0 +1,363 @@
+"""One container, no event loop: how ``vortex run`` runs in its own process.
+
+The async :class:`vortex.Runtime` is built for a process that runs many
+containers.  A process that starts one container and exits needs none of its
+machinery, and a cold start pays for all of it: importing asyncio and anyio's
+backend alone is ~35 ms.  :func:`run` takes the same steps through the same
+functions (:mod:`vortex.lifecycle`), without them:
+
+- no fork helper: the helper exists so that no init is ever cloned from a
+  threaded process.  This process is single-threaded, so it clones the init
+  itself (if a plugin started a thread, a helper is started after all);
+- lifecycle hooks are called in order; an ``async def`` implementation gets an
+  event loop of its own for the call (:func:`~vortex.pluginmanager.call_blocking`);
+- the exit is awaited with a blocking ``waitid`` on the init's pidfd, while
+  signal handlers forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it.
+
+What needs relays between file descriptors stays with the Runtime: a terminal,
+and stdin/stdout/stderr other than inherited, ``/dev/null`` or a lent file
+descriptor (:func:`supports`).  Live OOM events need a watcher too; the result
+still reports OOM kills, from the cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from collections.abc import Iterable
+from types import FrameType
+
+from vortex import _linux as L
+from vortex import log
+from vortex.cgroups import warmup
+from vortex.cgroups.oom import RECHECK_DELAYS, OomWatch, report_new_kills
+from vortex.container import Container
+from vortex.errors import ContainerSetupError, ExecError, SpecError
+from vortex.helper.init import decode_failure, run_init
+from vortex.helper.plan import FD_ORDER, SpawnRequest
+from vortex.lifecycle import (
+    Host,
+    collect_result,
+    describe_failure,
+    new_container,
+    open_host,
+    plan_setup,
+    release,
+    spawn_request,
+)
+from vortex.ops import SetupOp
+from vortex.pluginmanager import call_blocking
+from vortex.result import RunResult
+from vortex.spec import ContainerSpec, Stdio
+from vortex.state import DEFAULT_STATE_DIR
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def supports(spec: ContainerSpec) -> bool:
+    """Whether :func:`run` can run ``spec`` (else the Runtime must)."""
+    passthrough = (Stdio.INHERIT, Stdio.NULL)
+    return not spec.tty and all(
+        isinstance(mode, int) or mode in passthrough
+        for mode in (spec.stdin, spec.stdout, spec.stderr)
+    )
+
+
+def run(
+    spec: ContainerSpec,
+    *,
+    disabled_plugins: Iterable[str] = (),
+    plugins: Iterable[object] = (),
+    entry_points: bool = True,
+    cgroup_root: str = "/sys/fs/cgroup",
+    cgroup_parent: str = "auto",
+    state_dir: str = DEFAULT_STATE_DIR,
+) -> RunResult:
+    """Run ``spec`` to its end in this process, without an event loop.
+
+    Like :meth:`vortex.Runtime.run`: raises the start's error (an
+    :class:`~vortex.errors.ExecError` for a command that cannot be executed) once
+    everything is cleaned up; the options are the Runtime's.  Signals in
+    :data:`FORWARDED_SIGNALS` that reach this process meanwhile go to the
+    container's init (those sent before its command runs, once it does).  Call it
+    from the main thread of a process that runs no event loop.
+    """
+    if not supports(spec):
+        raise SpecError(
+            "a terminal, or stdin/stdout/stderr as a stream, captured or fed from bytes, "
+            "needs the event loop: run this spec with vortex.Runtime"
+        )
+    with _SignalForwarder(FORWARDED_SIGNALS) as forwarder:
+        host = open_host(
+            disabled_plugins=disabled_plugins,
+            plugins=plugins,
+            entry_points=entry_points,
+            cgroup_root=cgroup_root,
+            cgroup_parent=cgroup_parent,
+            state_dir=state_dir,
+        )
+        return _DirectRun(host, new_container(host, spec), forwarder).run()
+
+
+class _SignalForwarder:
+    """Signal handlers that send what they catch to the init's pidfd (held back
+    until :meth:`forward_to`).  Restores the previous handlers on exit."""
+
+    def __init__(self, signals: Iterable[int]) -> None:
+        self.signals = tuple(signals)
+        self._pidfd: int | None = None
+        self._pending: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _SignalForwarder:
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._caught)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pidfd = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _caught(self, signum: int, _frame: FrameType | None) -> None:
+        if self._pidfd is None:
+            self._pending.append(signum)
+        else:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        assert self._pidfd is not None
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signum)
+
+    def forward_to(self, pidfd: int | None) -> None:
+        """Forward to ``pidfd`` from now on (first what was held back); None stops."""
+        self._pidfd = pidfd
+        if pidfd is not None:
+            pending, self._pending = self._pending, []
+            for signum in pending:
+                self._send(signum)
+
+
+class _DirectRun:
+    """The life of one container, start to clean-up, in one call of :meth:`run`."""
+
+    def __init__(self, host: Host, container: Container, forwarder: _SignalForwarder) -> None:
+        self.host = host
+        self.container = container
+        self.forwarder = forwarder
+        self.cloned_at = 0.0
+        self._sync_w = self._errors_r = -1
+        self._oom_watch: OomWatch | None = None
+        self._owned: list[int] = []
+        """Every fd this run opened and has not closed yet."""
+
+    def run(self) -> RunResult:
+        container, pm = self.container, self.host.plugin_manager
+        failure: BaseException | None = None
+        try:
+            try:
+                self._start()
+            except BaseException as exc:
+                failure = exc
+                if container.pidfd is not None:
+                    container.kill_all()
+            info = self._reap() if container.pidfd is not None else None
+            result = collect_result(
+                container,
+                info,
+                cloned_at=self.cloned_at,
+                error=describe_failure(failure) if failure is not None else None,
+            )
+            for error in call_blocking(
+                pm, "vortex_on_exit", keep_going=True, container=container, result=result
+            ):
+                log.emit("error", "plugin.failed", container_id=container.id, error=str(error))
+        finally:
+            self._close_owned()
+            release(self.host, container)
+        container._finish(result)
+        if failure is not None:
+            raise failure
+        return result
+
+    def _start(self) -> None:
+        container, pm = self.container, self.host.plugin_manager
+        call_blocking(pm, "vortex_prepare", container=container)
+        request = self._clone(plan_setup(self.host, container))
+        if container.cgroup is not None:
+            self._oom_watch = OomWatch.open(container.cgroup)
+        if container.cgroup is not None and not request.has_cgroup_fd:
+            assert container.pid is not None
+            container.cgroup.attach(container.pid)
+        call_blocking(pm, "vortex_post_cgroup", container=container)
+        self._release_and_await_exec()
+        container.state = "running"
+        self.forwarder.forward_to(container.pidfd)
+        for error in call_blocking(pm, "vortex_post_start", keep_going=True, container=container):
+            log.emit("error", "plugin.failed", container_id=container.id, error=str(error))
+
+    # ------------------------------------------------------------------ clone
+
+    def _clone(self, plan_ops: list[SetupOp]) -> SpawnRequest:
+        container, spec = self.container, self.container.spec
+        sync_r, self._sync_w = self._pipe()
+        self._errors_r, errors_w = self._pipe()
+        stdio = [
+            self._stdio_fd(spec.stdin, 0, os.O_RDONLY),
+            self._stdio_fd(spec.stdout, 1, os.O_WRONLY),
+            self._stdio_fd(spec.stderr, 2, os.O_WRONLY),
+        ]
+        cgroup_fd = container.cgroup.clone_fd() if container.cgroup is not None else None
+        if cgroup_fd is not None:
+            self._owned.append(cgroup_fd)
+        request = spawn_request(container, plan_ops, has_cgroup_fd=cgroup_fd is not None)
+        child_fds = [sync_r, errors_w, *stdio]
+        warmup.stop()  # its thread must be gone before we clone
+        if L.is_single_threaded():
+            pid, pidfd = self._clone_here(request, child_fds, cgroup_fd)
+        else:
+            pid, pidfd = _clone_through_helper(request, [*child_fds, *_optional(cgroup_fd)])
+        self.cloned_at = time.monotonic()
+        container.pid, container.pidfd = pid, pidfd
+        container.state = "created"
+        # The init has its copies: close ours, so that its exit (or exec, for the
+        # error pipe) is what the pipes report.
+        for fd in (sync_r, errors_w, *_optional(cgroup_fd)):
+            self._close(fd)
+        for fd in stdio:
+            if fd in self._owned:
+                self._close(fd)
+        return request
+
+    def _clone_here(
+        self, request: SpawnRequest, child_fds: list[int], cgroup_fd: int | None
+    ) -> tuple[int, int]:
+        # Blocked across the clone: the child must not run our handlers (it resets
+        # every disposition and then unblocks); the parent gets what arrived after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self.forwarder.signals)
+        try:
+            try:
+                pid, pidfd = L.clone3(request.clone_flags, cgroup_fd=cgroup_fd)
+            except OSError as exc:
+                raise ContainerSetupError(f"clone failed: {exc}") from exc
+            if pid == 0:
+                run_init(request.plan, dict(zip(FD_ORDER, child_fds, strict=True)))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return pid, pidfd
+
+    def _pipe(self) -> tuple[int, int]:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._owned += (read_end, write_end)
+        return read_end, write_end
+
+    def _stdio_fd(self, mode: Stdio | bytes | int, inherited: int, flags: int) -> int:
+        if isinstance(mode, int):
+            return mode  # lent by the caller: the init dups it, we never close it
+        if mode is Stdio.INHERIT:
+            try:
+                os.fstat(inherited)
+                return inherited
+            except OSError:  # the caller runs with this fd closed (e.g. CI without stdin)
+                pass
+        fd = os.open(os.devnull, flags | os.O_CLOEXEC)
+        self._owned.append(fd)
+        return fd
+
+    # ------------------------------------------------------------------ start
+
+    def _release_and_await_exec(self) -> None:
+        """One byte on the sync pipe; the error pipe then says how exec went (EOF:
+        the exec succeeded and closed it)."""
+        with contextlib.suppress(BrokenPipeError):  # the init died: its status will tell
+            os.write(self._sync_w, b"\x01")
+        self._close(self._sync_w)
+        report = b""
+        while chunk := os.read(self._errors_r, 65536):
+            report += chunk
+        self._close(self._errors_r)
+        if report:
+            kind, status, message = decode_failure(report)
+            if kind == "exec":
+                raise ExecError(message, status)
+            raise ContainerSetupError(message)
+
+    # ------------------------------------------------------------------ exit
+
+    def _reap(self) -> os.waitid_result:
+        """Wait for the init's exit, reporting OOM kills and forwarding signals
+        meanwhile; then reap it.
+
+        If the start failed, an init still waiting on its sync pipe sees EOF (the
+        pipe is closed here) and exits; the caller has also killed it.
+        """
+        container = self.container
+        pidfd = container.pidfd
+        assert pidfd is not None
+        self._close_owned()
+        try:
+            self._wait_for_exit(pidfd)
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        finally:
+            self.forwarder.forward_to(None)
+            container.pidfd = None
+            os.close(pidfd)
+            if self._oom_watch is not None:
+                self._oom_watch.close()
+        assert info is not None
+        return info
+
+    def _wait_for_exit(self, pidfd: int) -> None:
+        """poll() on the pidfd and the OOM watch (interrupted polls are resumed by
+        Python once the signal handlers ran, PEP 475)."""
+        watch = self._oom_watch
+        if watch is None:
+            return  # waitid blocks until the exit
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(watch.fd, select.POLLIN)
+        # Read first: an OOM before the watch existed sent no notification.
+        rechecks = [time.monotonic()]
+        while True:
+            timeout = max(0.0, rechecks[0] - time.monotonic()) * 1000 if rechecks else None
+            ready = {fd for fd, _events in poller.poll(timeout)}
+            if pidfd in ready:
+                return
+            now = time.monotonic()
+            if watch.fd in ready:
+                watch.drain()
+                rechecks = [now + delay for delay in RECHECK_DELAYS]
+            if rechecks and rechecks[0] <= now:
+                del rechecks[0]
+                if report_new_kills(self.container, watch):
+                    rechecks.clear()
+
+    def _close(self, fd: int) -> None:
+        self._owned.remove(fd)
+        os.close(fd)
+
+    def _close_owned(self) -> None:
+        for fd in self._owned:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._owned.clear()
+
+
+def _clone_through_helper(request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
+    """A plugin started a thread: cloning here could hand the init a lock held by
+    it.  An exec'd fork helper clones instead (CLONE_PARENT: still our child)."""
+    from vortex.helper.client import ForkHelper
+
+    helper = ForkHelper.start()
+    try:
+        return helper.spawn_blocking(request, fds)
+    finally:
+        helper.close()
+
+
+def _optional(fd: int | None) -> list[int]:
+    return [] if fd is None else [fd]

@@ -1,0 +1,236 @@
+"""The steps of a container's life that need no event loop.
+
+Two drivers run containers: the async :class:`vortex.Runtime` (many
+containers, one event loop, a fork helper) and :mod:`vortex.direct` (one
+container, no event loop, for ``vortex run``).  Both go through these
+functions, so a spec means the same thing whichever runs it:
+
+- :func:`open_host`: plugins, cgroup backend, state directory (and the sweep of
+  what a dead Runtime left);
+- :func:`new_container`: id, state record, cgroup;
+- :func:`plan_setup`: ``vortex_pre_pivot`` and ``vortex_security`` hooks;
+- :func:`spawn_request`: what the cloned init is told to do;
+- :func:`collect_result` and :func:`release`: after the init was reaped.
+
+The hooks that may be async (``prepare``, ``post_cgroup``, ``post_start``,
+``on_exit``) are called by each driver in its own way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vortex import _linux as L
+from vortex import cgroups, log, rootless
+from vortex.container import Container
+from vortex.errors import VortexError
+from vortex.helper.plan import InitPlan, SpawnRequest
+from vortex.pluginmanager import call_sync, load_plugins
+from vortex.result import RunResult
+from vortex.security.policy import SecurityPolicy
+from vortex.state import DEFAULT_STATE_DIR, ContainerRecord, StateDir
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from vortex.ops import SetupOp
+    from vortex.spec import ContainerSpec
+
+NAMESPACE_FLAGS = L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWNET | L.CLONE_NEWIPC
+"""Namespaces created at clone.  The cgroup namespace is unshared by the init
+once it is in its cgroup, so that its own cgroup is its root on v1 as well."""
+
+
+@dataclass
+class Host:
+    """What a driver sets up once and then uses for every container."""
+
+    plugin_manager: pluggy.PluginManager
+    cgroups: cgroups.CgroupBackend | None
+    """None for a rootless caller without a delegated cgroup: containers get none."""
+    state: StateDir
+    cgroup_root: str
+
+    def remove_stale_cgroup(self, record: ContainerRecord) -> None:
+        """Remove the cgroup a dead Runtime left, under whichever parent it used."""
+        if self.cgroups is None or not record.cgroup_parent:
+            return  # rootless without a cgroup: nothing was created
+        backend = self.cgroups
+        try:
+            if record.cgroup_parent != backend.parent:
+                backend = cgroups.detect(self.cgroup_root, record.cgroup_parent)
+            backend.open(record.cgroup).remove()
+        except VortexError as exc:
+            log.emit("warning", "cgroup.sweep_failed", cgroup=record.cgroup, error=str(exc))
+
+
+def open_host(
+    *,
+    disabled_plugins: Iterable[str] = (),
+    plugins: Iterable[object] = (),
+    entry_points: bool = True,
+    cgroup_root: str = "/sys/fs/cgroup",
+    cgroup_parent: str = "auto",
+    state_dir: str = DEFAULT_STATE_DIR,
+) -> Host:
+    """Load the plugins, pick the cgroup backend, open the state directory and sweep
+    the containers of Runtimes that died (their cgroups and records)."""
+    if rootless.is_rootless():
+        rootless.check_user_namespaces()
+        if state_dir == DEFAULT_STATE_DIR:
+            state_dir = rootless.state_dir()
+    plugin_manager = load_plugins(disabled_plugins, extra=plugins, entry_points=entry_points)
+    backend = None
+    if not rootless.is_rootless():
+        backend = cgroups.detect(cgroup_root, cgroup_parent)
+    elif (delegated := rootless.delegated_cgroup_parent(cgroup_root)) is not None:
+        backend = cgroups.detect(cgroup_root, delegated)
+    host = Host(plugin_manager, backend, StateDir(state_dir), cgroup_root)
+    for swept in host.state.sweep_stale(host.remove_stale_cgroup):
+        log.emit("info", "container.swept", container_id=swept)
+    return host
+
+
+def new_container(host: Host, spec: ContainerSpec) -> Container:
+    """Validate ``spec``; a Container with its id, state record and (empty) cgroup.
+
+    On failure nothing is left behind; on success :func:`release` undoes it.
+    """
+    spec.validate()
+    # What secrets.token_hex(16) returns, without importing hmac and hashlib
+    # (~3-4 ms of a cold start) for it.
+    container_id = os.urandom(16).hex()
+    container = Container(
+        spec,
+        container_id,
+        name=spec.name or container_id[:12],
+        hostname=spec.hostname or container_id[:12],
+    )
+    container.state_dir = host.state
+    parent = host.cgroups.parent if host.cgroups is not None else ""
+    host.state.record(container_id, container.name, container_id, parent)
+    if host.cgroups is not None:
+        try:
+            container.cgroup = host.cgroups.create(container_id)
+        except BaseException:
+            host.state.forget(container_id)
+            raise
+    return container
+
+
+def plan_setup(host: Host, container: Container) -> list[SetupOp]:
+    """Ask the ``vortex_pre_pivot`` hooks for the init's setup operations and the
+    ``vortex_security`` hooks for its confinement (kept on ``container.security``)."""
+    pm = host.plugin_manager
+    plan_ops: list[SetupOp] = list(container.spec.mounts)
+    for contributed in call_sync(pm, "vortex_pre_pivot", container=container):
+        plan_ops.extend(contributed)
+    policy = SecurityPolicy()  # unconfined until vortex_security hooks decide
+    call_sync(pm, "vortex_security", container=container, policy=policy)
+    container.security = policy.compile()
+    return plan_ops
+
+
+def spawn_request(
+    container: Container,
+    plan_ops: Iterable[SetupOp],
+    *,
+    has_console_socket: bool = False,
+    has_cgroup_fd: bool = False,
+) -> SpawnRequest:
+    """What the init is cloned with (its fds travel separately, see FD_ORDER)."""
+    spec, security = container.spec, container.security
+    plan = InitPlan(
+        rootfs=str(spec.rootfs),
+        argv=tuple(spec.command),
+        env=tuple(spec.env.items()),
+        workdir=spec.workdir,
+        uid=spec.user.uid,
+        gid=spec.user.gid,
+        hostname=container.hostname,
+        tty=spec.tty,
+        ops=tuple(plan_ops),
+        security=security,
+    )
+    userns = security is not None and security.userns
+    return SpawnRequest(
+        plan=plan,
+        clone_flags=NAMESPACE_FLAGS | (L.CLONE_NEWUSER if userns else 0),
+        has_console_socket=has_console_socket,
+        has_cgroup_fd=has_cgroup_fd,
+    )
+
+
+def collect_result(
+    container: Container,
+    info: os.waitid_result | None,
+    *,
+    cloned_at: float,
+    stdout: bytes | None = None,
+    stderr: bytes | None = None,
+    error: str | None = None,
+) -> RunResult:
+    """The RunResult of a reaped init (``info``; None when it never started), with the
+    statistics of its cgroup."""
+    ended = time.monotonic()
+    cgroup = container.cgroup
+    if cgroup is not None and info is not None:
+        # PID 1 is gone, so the kernel kills the rest of its PID namespace; make
+        # sure of it (and of anything that moved out of reach) before reading stats.
+        with contextlib.suppress(Exception):
+            cgroup.kill()
+    stats = None
+    if cgroup is not None:
+        try:
+            stats = cgroup.stats()
+        except VortexError as exc:
+            log.emit("warning", "cgroup.stats_failed", container_id=container.id, error=str(exc))
+    exit_code = sig = None
+    if info is not None:
+        if info.si_code == os.CLD_EXITED:
+            exit_code = info.si_status
+        else:
+            sig = info.si_status
+    oom = bool(stats and stats.oom_kills) and (sig == signal.SIGKILL or exit_code == 137)
+    return RunResult(
+        container_id=container.id,
+        name=container.name,
+        exit_code=exit_code,
+        signal=sig,
+        oom_killed=oom,
+        wall_time=ended - cloned_at if cloned_at else 0.0,
+        cpu_time=stats.cpu_time if stats else None,
+        memory_peak=stats.memory_peak if stats else None,
+        oom_kills=stats.oom_kills if stats else 0,
+        pids_peak=stats.pids_peak if stats else None,
+        cpu_throttled_periods=stats.cpu_throttled_periods if stats else None,
+        cpu_throttled_time=stats.cpu_throttled_time if stats else None,
+        io_read_bytes=stats.io_read_bytes if stats else None,
+        io_write_bytes=stats.io_write_bytes if stats else None,
+        stdout=stdout,
+        stderr=stderr,
+        error=error,
+    )
+
+
+def release(host: Host, container: Container) -> None:
+    """After the exit hooks: remove the cgroup and the state record."""
+    if container.cgroup is not None:
+        try:
+            container.cgroup.remove()
+        except VortexError as exc:
+            log.emit("error", "cgroup.remove_failed", container_id=container.id, error=str(exc))
+    host.state.forget(container.id)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``RunResult.error`` for a start that raised ``exc``."""
+    if isinstance(exc, VortexError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
