@@ -188,56 +188,6 @@ def test_cli_run_imports_no_event_loop(rootfs: Path) -> None:
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory/cgroup.procs")
 
-WARMUP = """
-import json, os, time
-from vortex import _linux as L
-from vortex.cgroups import warmup
-
-def own_cgroups():
-    with open("/proc/self/cgroup") as f:
-        return f.read()
-
-before = own_cgroups()
-warmup.start()
-running = warmup._running
-time.sleep(0.1)
-threads = L.is_single_threaded()
-warmup.stop()
-print(json.dumps({
-    "migrations": running.migrations if running else 0,
-    "single_threaded_while_running": threads,
-    "single_threaded_after": L.is_single_threaded(),
-    "same_cgroups": own_cgroups() == before,
-    "stopped": warmup._running is None,
-}))
-"""
-
-
-@pytest.mark.skipif(not V1_MEMORY.exists(), reason="cgroup v1 memory hierarchy needed")
-def test_attach_warmup_migrates_in_place_until_stopped() -> None:
-    outcome = json.loads(run_python(WARMUP).stdout)
-    assert outcome["migrations"] >= 2  # the first one, then every few ms
-    assert outcome["single_threaded_while_running"] is False
-    assert outcome["single_threaded_after"] is True
-    assert outcome["same_cgroups"] and outcome["stopped"]
-
-
-CLI_AFTER_WARMUP = """
-import sys
-from vortex import cli, direct
-
-def no_helper(*args):
-    raise AssertionError("the warm-up thread must be gone before the clone")
-
-direct._clone_through_helper = no_helper
-sys.exit(cli.run_cli(["run", sys.argv[1], "/bin/true"]))
-"""
-
-
-@pytest.mark.skipif(not V1_MEMORY.exists(), reason="cgroup v1 memory hierarchy needed")
-def test_cli_run_clones_the_init_itself_after_the_warmup(rootfs: Path) -> None:
-    run_python(CLI_AFTER_WARMUP, str(rootfs))
-
 
 # A child shell is OOM-killed while PID 1 lives on (v1 kills one task per OOM).
 OOM_CHILD = "sh -c 'x=$(head -c 200000000 /dev/zero | tr \"\\0\" a)'; echo child=$?; "

@@ -29,6 +29,7 @@ import anyio.abc
 import pluggy
 
 from vortex import cgroups, log
+from vortex.cgroups import warmup
 from vortex.container import Container
 from vortex.helper.client import ForkHelper
 from vortex.launch import Launch
@@ -160,6 +161,8 @@ class Runtime:
         assert self._helper is not None and self._task_group is not None
         assert self._host is not None and self.plugin_manager is not None
         container = new_container(self._host, spec)
+        if container.cgroup is not None:
+            warmup.start()  # the attach below may wait for the kernel (cgroups/warmup.py)
         launch = Launch(container, self._helper)
         self._containers[container.id] = container
         try:
@@ -169,9 +172,12 @@ class Runtime:
             _start_oom_watch(self._task_group, container)
             launch.start_output_tasks(self._task_group)
             if container.cgroup is not None and not launch.cloned_into_cgroup:
+                warmup.stop()
                 container.cgroup.attach(launch.pid)
+                warmup.mark_migrated()
             await call_async(self.plugin_manager, "vortex_post_cgroup", container=container)
         except BaseException as exc:
+            warmup.stop()
             await self._abort(container, launch, exc)
             raise
         self._launches[container.id] = launch

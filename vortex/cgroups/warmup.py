@@ -15,24 +15,42 @@ lock for reading.  On v1 the init has to be moved, so ``vortex run`` starts an
 moves this process into the cgroup it already is in (a migration that
 changes nothing) and repeats that every few milliseconds.  The grace period
 then passes while the main thread imports and parses, and when the init is
-moved, the lock is still fast.  :meth:`AttachWarmup.stop` ends the thread
-before the init is cloned (an init is never cloned from a threaded process).
+moved, the lock is still fast.  :func:`stop` ends the thread before the init
+is cloned (an init is never cloned from a threaded process).
 
-Only ``_thread`` and ``os`` are imported: this runs before anything else.
+A Runtime does the same around each start (from the top of ``create`` to the
+attach), and ``vortex daemon`` from the moment it accepts a client, unless a
+migration happened so recently that the lock is still fast: back to back
+starts pay nothing for it.
+
+Only ``_thread``, ``os`` and ``time`` are imported: this runs before anything else.
 """
 
 from __future__ import annotations
 
 import _thread
 import os
+import time
 
 REPEAT_EVERY = 0.003
 """Seconds between the no-op migrations: well inside one grace period (10+ ms)."""
+
+RECENT = 0.008
+"""Seconds after a migration during which the lock is surely still fast (the
+grace periods measured were 10 ms and more): no warm-up is started then."""
+
+MAX_RUN = 0.5
+"""Seconds after which the thread ends on its own, when nothing stopped it (a
+request that turned out not to start a container)."""
 
 STOP_POLLS = 10000
 """Bound on the checks that the ended thread is gone (each one a sched_yield)."""
 
 _running: AttachWarmup | None = None
+_last_migration = -1.0
+_UNKNOWN = ""
+_procs_file: str | None = _UNKNOWN
+"""This process's own v1 memory ``cgroup.procs`` (None: not v1), read once."""
 
 
 class AttachWarmup:
@@ -43,6 +61,7 @@ class AttachWarmup:
         self._done = _thread.allocate_lock()
         self._done.acquire()  # released by the thread when it ends
         self.migrations = 0
+        self.finished = False
         self._thread_id = 0
 
     def _run(self) -> None:
@@ -54,8 +73,10 @@ class AttachWarmup:
             return
         try:
             pid = str(os.getpid()).encode()
-            while True:
+            give_up = time.monotonic() + MAX_RUN
+            while time.monotonic() < give_up:
                 os.write(fd, pid)
+                mark_migrated()
                 self.migrations += 1
                 if self._stop.acquire(timeout=REPEAT_EVERY):
                     break
@@ -63,6 +84,7 @@ class AttachWarmup:
             pass  # not allowed after all: the attach simply waits, as without us
         finally:
             os.close(fd)
+            self.finished = True
             self._done.release()
 
     def stop(self) -> None:
@@ -78,16 +100,28 @@ class AttachWarmup:
 
 
 def start() -> None:
-    """Start the warm-up for this process if it runs as root on cgroup v1 (else do
-    nothing).  At most one runs; :func:`stop` ends it."""
-    global _running
-    if _running is not None or os.geteuid() != 0:
+    """Start the warm-up for this process if it runs as root on cgroup v1 and no
+    migration happened in the last :data:`RECENT` seconds (else do nothing).  At
+    most one runs; :func:`stop` ends it."""
+    global _running, _procs_file
+    if _running is not None:
+        if not _running.finished:
+            return
+        stop()  # it gave up (MAX_RUN): collect it
+    if time.monotonic() - _last_migration < RECENT:
         return
-    procs_file = _own_v1_memory_procs()
-    if procs_file is None:
+    if _procs_file == _UNKNOWN:
+        _procs_file = _own_v1_memory_procs() if os.geteuid() == 0 else None
+    if _procs_file is None:
         return
-    _running = AttachWarmup(procs_file)
+    _running = AttachWarmup(_procs_file)
     _thread.start_new_thread(_running._run, ())
+
+
+def mark_migrated() -> None:
+    """Note that a migration just happened (the lock is fast for a while)."""
+    global _last_migration
+    _last_migration = time.monotonic()
 
 
 def stop() -> None:

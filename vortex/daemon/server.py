@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 
 from vortex import log
+from vortex.cgroups import warmup
 from vortex.daemon.protocol import EXIT, FALLBACK, MAX_PACKET, RUN, SIG, decode, encode
 from vortex.errors import DaemonError, VortexError
 from vortex.runtime import Runtime
@@ -61,6 +62,8 @@ class RunDaemon:
                     conn, _addr = self.listener.accept()
                 except (BlockingIOError, InterruptedError):
                     continue
+                # A start follows: have the v1 attach's wait pass meanwhile.
+                warmup.start()
                 tg.start_soon(self._serve_client, conn)
 
     async def _serve_client(self, conn: socket.socket) -> None:
