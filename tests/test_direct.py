@@ -152,6 +152,23 @@ def test_with_another_thread_the_init_is_cloned_by_a_helper(
     assert result.exit_code == 5
 
 
+def test_runs_from_another_thread_too(rootfs: Path) -> None:
+    """No signal handlers there (Python allows them in the main thread only), and
+    the process is threaded, so the init is cloned by a helper."""
+    outcome: list[RunResult | BaseException] = []
+
+    def worker() -> None:
+        try:
+            outcome.append(direct.run(spec_for(rootfs, "/bin/sh", "-c", "exit 9")))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert isinstance(outcome[0], RunResult) and outcome[0].exit_code == 9, outcome
+
+
 @pytest.mark.parametrize(
     "fields",
     [{"tty": True}, {"stdout": Stdio.CAPTURE}, {"stdin": b"data"}, {"stderr": Stdio.STREAM}],

@@ -82,8 +82,9 @@ def run(
     :class:`~vortex.errors.ExecError` for a command that cannot be executed) once
     everything is cleaned up; the options are the Runtime's.  Signals in
     :data:`FORWARDED_SIGNALS` that reach this process meanwhile go to the
-    container's init (those sent before its command runs, once it does).  Call it
-    from the main thread of a process that runs no event loop.
+    container's init (those sent before its command runs, once it does); called
+    from another thread than the main one, it forwards none (Python runs signal
+    handlers only there).  Must not be called from a running event loop: it blocks.
     """
     if not supports(spec):
         raise SpecError(
@@ -114,7 +115,10 @@ class _SignalForwarder:
 
     def __enter__(self) -> _SignalForwarder:
         for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._caught)
+            try:
+                self._previous[signum] = signal.signal(signum, self._caught)
+            except ValueError:
+                break  # not the main thread: handlers cannot be set; nothing is forwarded
         return self
 
     def __exit__(self, *exc_info: object) -> None:
