@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -256,3 +257,28 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
     assert proc.returncode == 0, proc.stderr
     return proc
+
+
+OOM_CHILD = "sh -c 'x=$(head -c 200000000 /dev/zero | tr \"\\0\" a)'; echo child=$?; "
+"""A child shell that the OOM killer kills under a 32M limit while PID 1 lives on."""
+
+
+def check_oom_logged_while_running(rootfs: Path, *run_options: str) -> None:
+    """``vortex run`` logs ``container.oom`` when a child is OOM-killed, before the
+    container exits normally (with its own status, not as OOM-killed)."""
+    proc = run_vortex(
+        *("--log-level", "info", "--log-format", "json", "run", "--memory", "32M", *run_options),
+        *(str(rootfs), "/bin/sh", "-c", OOM_CHILD + "sleep 1; exit 3"),
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == b"child=137\n"
+    # (The container's shell also reports "Killed" on the shared stderr.)
+    lines = proc.stderr.decode().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "container.oom" in names, names
+    assert names.index("container.oom") < names.index("container.exited")
+    assert events[names.index("container.oom")]["oom_kills"] >= 1
+    exited = events[names.index("container.exited")]
+    assert exited["exit_code"] == 3 and exited["oom_killed"] is False

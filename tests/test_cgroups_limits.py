@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import vortex
-from tests.conftest import run_vortex
+from tests.conftest import OOM_CHILD, run_vortex
 from vortex.cgroups import CgroupError, Limits, MissingControllerError
 from vortex.cgroups._common import (
     check_limits,
@@ -342,10 +342,7 @@ async def test_v1_runtime_stats_pause_resume_and_throttling(rootfs: Path) -> Non
 
 # A child shell hogs memory and is OOM-killed; PID 1 (small) survives and reports.
 # memory.oom.group is switched off (it would take PID 1 down with the child).
-OOM_CHILD = (
-    "sh -c 'x=$(head -c 200000000 /dev/zero | tr \"\\0\" a)'; echo child=$?; "
-    "read wait_for_the_test; echo done"
-)
+CHILD_OOM_THEN_WAIT = OOM_CHILD + "read wait_for_the_test; echo done"
 
 
 @needs_v1
@@ -357,7 +354,7 @@ async def test_v1_oom_of_a_child_is_notified_while_pid1_runs(rootfs: Path) -> No
         container = await rt.start(
             spec(
                 rootfs,
-                OOM_CHILD,
+                CHILD_OOM_THEN_WAIT,
                 resources=Resources(memory=32 * MiB),
                 stdin=Stdio.STREAM,
                 stdout=Stdio.STREAM,

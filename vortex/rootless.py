@@ -251,19 +251,14 @@ def delegated_cgroup_parent(root: str = "/sys/fs/cgroup") -> str | None:
     run in, when it is writable by us (systemd user delegation), else None."""
     if not os.path.exists(os.path.join(root, "cgroup.controllers")):
         return None  # v1 or hybrid: never delegated to users
-    try:
-        with open("/proc/self/cgroup", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("0::"):
-            rel = line[3:].strip("/")
-            path = os.path.join(root, rel)
-            if (
-                rel
-                and os.access(path, os.W_OK | os.X_OK)
-                and os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK)
-            ):
-                return rel
+    from vortex.cgroups._common import own_cgroups
+
+    rel = own_cgroups().get("", "").strip("/")
+    path = os.path.join(root, rel)
+    if (
+        rel
+        and os.access(path, os.W_OK | os.X_OK)
+        and os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK)
+    ):
+        return rel
     return None

@@ -328,6 +328,17 @@ def attach_pid(procs_file: str, pid: int) -> None:
         os.close(fd)
 
 
+def own_cgroups(proc_file: str = "/proc/self/cgroup") -> dict[str, str]:
+    """This process's cgroup in each hierarchy: controller name (``memory``,
+    ``name=systemd``; ``""`` for the cgroup v2 line ``0::``) → path below its mount."""
+    cgroups: dict[str, str] = {}
+    for line in (read_optional(proc_file) or "").splitlines():
+        _number, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            cgroups[controller] = path.strip() or "/"
+    return cgroups
+
+
 def read_procs(procs_file: str) -> list[int]:
     """The PIDs in ``procs_file``; ``[]`` when the cgroup does not exist (any more)."""
     text = read_optional(procs_file)

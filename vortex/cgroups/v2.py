@@ -28,6 +28,7 @@ from vortex.cgroups._common import (
     make_dir,
     missing_file_message,
     normalize_parent,
+    own_cgroups,
     parse_controllers,
     parse_flat_keyed,
     parse_int,
@@ -265,11 +266,7 @@ DELEGATE_CONTAINERS = "containers"
 
 def own_cgroup(proc_file: str = "/proc/self/cgroup") -> str:
     """This process's cgroup v2 path (the ``0::`` line), e.g. ``/system.slice/x.service``."""
-    text = read_optional(proc_file) or ""
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            return line[3:].strip() or "/"
-    return "/"
+    return own_cgroups(proc_file).get("", "/")
 
 
 def is_delegated(path: str) -> bool:

@@ -134,14 +134,10 @@ def stop() -> None:
 
 def _own_v1_memory_procs(root: str = "/sys/fs/cgroup") -> str | None:
     """``cgroup.procs`` of the v1 memory cgroup this process is in, or None (v2)."""
-    try:
-        with open("/proc/self/cgroup", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
+    from vortex.cgroups._common import own_cgroups
+
+    path = own_cgroups().get("memory")
+    if path is None:
         return None
-    for line in lines:
-        _number, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            procs_file = f"{root}/memory{path.rstrip('/')}/cgroup.procs"
-            return procs_file if os.path.exists(procs_file) else None
-    return None
+    procs_file = f"{root}/memory{path.rstrip('/')}/cgroup.procs"
+    return procs_file if os.path.exists(procs_file) else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import anyio
 
@@ -57,34 +59,41 @@ class ForkHelper:
 
     async def spawn(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
         """Ask for one clone; returns ``(pid, pidfd)``.  The fds are only lent."""
-        payload, fds, spilled = _encode(request, fds)
-        try:
+        with _encoded(request, fds) as (payload, fds):
             async with self._lock:
                 if self._closed:
                     raise HelperError("the fork helper is closed")
-                try:
-                    socket.send_fds(self._sock, [payload], fds)
-                    await anyio.wait_readable(self._sock)
-                    message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
-                except OSError as exc:
-                    raise HelperError(f"fork helper unreachable: {exc}") from exc
-        finally:
-            if spilled is not None:
-                os.close(spilled)
-        return _decode(message, received)
+                self._send(payload, fds)
+                await anyio.wait_readable(self._sock)
+                return self._receive()
 
     def spawn_blocking(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
         """:meth:`spawn` for a caller without an event loop (one request at a time)."""
-        payload, fds, spilled = _encode(request, fds)
+        with _encoded(request, fds) as (payload, fds):
+            self._send(payload, fds)
+            return self._receive()
+
+    def _send(self, payload: bytes, fds: list[int]) -> None:
         try:
             socket.send_fds(self._sock, [payload], fds)
+        except OSError as exc:
+            raise HelperError(f"fork helper unreachable: {exc}") from exc
+
+    def _receive(self) -> tuple[int, int]:
+        try:
             message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
         except OSError as exc:
             raise HelperError(f"fork helper unreachable: {exc}") from exc
-        finally:
-            if spilled is not None:
-                os.close(spilled)
-        return _decode(message, received)
+        if not message:
+            for fd in received:
+                os.close(fd)
+            raise HelperError("the fork helper exited unexpectedly; see its output above")
+        reply = pickle.loads(message)
+        if reply[0] == "error":
+            raise HelperError(f"clone failed: {reply[2]}")
+        if len(received) != 1:
+            raise HelperError("the fork helper answered without a pidfd")
+        return int(reply[1]), received[0]
 
     def close(self) -> None:
         """Close the socket (the helper exits on EOF) and reap the helper."""
@@ -101,9 +110,9 @@ class ForkHelper:
             pass
 
 
-def _encode(request: SpawnRequest, fds: list[int]) -> tuple[bytes, list[int], int | None]:
-    """The message and fds for ``request``; the third item is a memfd to close after
-    sending, when the request was too large for one message."""
+@contextlib.contextmanager
+def _encoded(request: SpawnRequest, fds: list[int]) -> Iterator[tuple[bytes, list[int]]]:
+    """The message and fds that carry ``request``."""
     payload = pickle.dumps(request)
     if len(payload) > MAX_REQUEST:
         raise HelperError(
@@ -111,22 +120,13 @@ def _encode(request: SpawnRequest, fds: list[int]) -> tuple[bytes, list[int], in
             "shorten the command line or the environment"
         )
     if len(payload) <= MAX_INLINE_REQUEST:
-        return payload, fds, None
+        yield payload, fds
+        return
     # One SOCK_SEQPACKET message must fit the socket buffer (~200 KiB by
     # default): a larger request travels in a memfd passed along first.
     spilled = os.memfd_create("vortex-spawn-request", os.MFD_CLOEXEC)
-    os.write(spilled, payload)
-    return SPILLED_REQUEST, [spilled, *fds], spilled
-
-
-def _decode(message: bytes, received: list[int]) -> tuple[int, int]:
-    if not message:
-        for fd in received:
-            os.close(fd)
-        raise HelperError("the fork helper exited unexpectedly; see its output above")
-    reply = pickle.loads(message)
-    if reply[0] == "error":
-        raise HelperError(f"clone failed: {reply[2]}")
-    if len(received) != 1:
-        raise HelperError("the fork helper answered without a pidfd")
-    return int(reply[1]), received[0]
+    try:
+        os.write(spilled, payload)
+        yield SPILLED_REQUEST, [spilled, *fds]
+    finally:
+        os.close(spilled)
