@@ -170,7 +170,12 @@ def test_runs_from_another_thread_too(rootfs: Path) -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"tty": True}, {"stdout": Stdio.CAPTURE}, {"stdin": b"data"}, {"stderr": Stdio.STREAM}],
+    [
+        {"tty": True, "stdout": Stdio.STREAM},
+        {"stdout": Stdio.CAPTURE},
+        {"stdin": b"data"},
+        {"stderr": Stdio.STREAM},
+    ],
 )
 def test_specs_that_need_relays_are_refused(rootfs: Path, fields: dict[str, object]) -> None:
     spec = ContainerSpec(rootfs=rootfs, command=["/bin/true"], **fields)  # type: ignore[arg-type]
@@ -179,10 +184,17 @@ def test_specs_that_need_relays_are_refused(rootfs: Path, fields: dict[str, obje
         direct.run(spec)
 
 
-def test_cli_run_imports_no_event_loop(rootfs: Path) -> None:
+def test_a_terminal_on_the_inherited_streams_is_supported(rootfs: Path) -> None:
+    # (It is relayed between the pty and this process's stdin/stdout: test_tty.py.)
+    assert direct.supports(ContainerSpec(rootfs=rootfs, command=["/bin/sh"], tty=True))
+
+
+@pytest.mark.parametrize("tty", [[], ["--tty"]], ids=["plain", "terminal"])
+def test_cli_run_imports_no_event_loop(rootfs: Path, tty: list[str]) -> None:
     """Target 1 of the performance issue: nothing heavy before the container runs."""
     done = subprocess.run(
-        [VORTEX[0], "-X", "importtime", *VORTEX[1:], "run", str(rootfs), "/bin/true"],
+        [VORTEX[0], "-X", "importtime", *VORTEX[1:], "run", *tty, str(rootfs), "/bin/true"],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,

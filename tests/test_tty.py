@@ -115,3 +115,21 @@ def test_terminal_hang_up_while_running(rootfs: Path) -> None:
     term.expect(b"ready")
     os.close(term.master)
     assert term.proc.wait(timeout=10) == 3
+
+
+def test_window_resize_reaches_the_container(rootfs: Path) -> None:
+    # vortex must own the terminal (setsid --ctty) for the kernel to send it SIGWINCH.
+    term = Terminal(["setsid", "--ctty", *VORTEX, "run", str(rootfs), "/bin/sh"], new_session=False)
+    try:
+        term.expect(b"# ")
+        term.send(b"stty size\r")
+        term.expect(b"40 100")
+        term.expect(b"# ")
+        fcntl.ioctl(term.master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
+        time.sleep(0.3)  # SIGWINCH to vortex, which resizes the container's terminal
+        term.send(b"stty size\r")
+        term.expect(b"33 77")
+        term.send(b"exit\r")
+    finally:
+        status = term.close()
+    assert status == 0

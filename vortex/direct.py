@@ -14,10 +14,11 @@ functions (:mod:`vortex.lifecycle`), without them:
 - the exit is awaited with a blocking ``waitid`` on the init's pidfd, while
   signal handlers forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it.
 
-What needs relays between file descriptors stays with the Runtime: a terminal,
-and stdin/stdout/stderr other than inherited, ``/dev/null`` or a lent file
-descriptor (:func:`supports`).  Live OOM events need a watcher too; the result
-still reports OOM kills, from the cgroup.
+A terminal is relayed from the same ``poll()`` loop (:class:`~vortex.terminal.BlockingRelay`),
+between the pty and this process's own stdin and stdout, and SIGWINCH resizes it.
+What needs relays to the caller's code stays with the Runtime: stdin/stdout/stderr
+other than inherited, ``/dev/null`` or a lent file descriptor, and a terminal
+whose streams are not inherited (:func:`supports`).
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import TYPE_CHECKING, TypeVar
 
 from vortex import _linux as L
 from vortex import log
 from vortex.cgroups import warmup
 from vortex.cgroups.oom import RECHECK_DELAYS, OomWatch, report_new_kills
 from vortex.container import Container
-from vortex.errors import ContainerSetupError, ExecError, SpecError
+from vortex.errors import ContainerSetupError, ExecError, HelperError, SpecError
 from vortex.helper.init import decode_failure, run_init
 from vortex.helper.plan import FD_ORDER, SpawnRequest
 from vortex.lifecycle import (
+    OUTPUT_DRAIN_TIMEOUT,
     Host,
     collect_result,
     describe_failure,
@@ -53,17 +56,23 @@ from vortex.pluginmanager import call_blocking
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec, Stdio
 from vortex.state import DEFAULT_STATE_DIR
+from vortex.terminal import BlockingRelay, raw_mode, window_size
+
+if TYPE_CHECKING:
+    import socket
+
+T = TypeVar("T")
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def supports(spec: ContainerSpec) -> bool:
     """Whether :func:`run` can run ``spec`` (else the Runtime must)."""
+    streams = (spec.stdin, spec.stdout, spec.stderr)
+    if spec.tty:
+        return all(mode is Stdio.INHERIT for mode in streams)
     passthrough = (Stdio.INHERIT, Stdio.NULL)
-    return not spec.tty and all(
-        isinstance(mode, int) or mode in passthrough
-        for mode in (spec.stdin, spec.stdout, spec.stderr)
-    )
+    return all(isinstance(mode, int) or mode in passthrough for mode in streams)
 
 
 def run(
@@ -88,10 +97,11 @@ def run(
     """
     if not supports(spec):
         raise SpecError(
-            "a terminal, or stdin/stdout/stderr as a stream, captured or fed from bytes, "
-            "needs the event loop: run this spec with vortex.Runtime"
+            "stdin/stdout/stderr as a stream, captured or fed from bytes (or a terminal "
+            "not on the inherited ones) needs the event loop: run this spec with vortex.Runtime"
         )
-    with _SignalForwarder(FORWARDED_SIGNALS) as forwarder:
+    signals = (*FORWARDED_SIGNALS, signal.SIGWINCH) if spec.tty else FORWARDED_SIGNALS
+    with _SignalForwarder(signals) as forwarder:
         host = open_host(
             disabled_plugins=disabled_plugins,
             plugins=plugins,
@@ -105,10 +115,12 @@ def run(
 
 class _SignalForwarder:
     """Signal handlers that send what they catch to the init's pidfd (held back
-    until :meth:`forward_to`).  Restores the previous handlers on exit."""
+    until :meth:`forward_to`); SIGWINCH calls :attr:`on_resize` instead.  Restores
+    the previous handlers on exit."""
 
     def __init__(self, signals: Iterable[int]) -> None:
         self.signals = tuple(signals)
+        self.on_resize: Callable[[], None] | None = None
         self._pidfd: int | None = None
         self._pending: list[int] = []
         self._previous: dict[int, object] = {}
@@ -127,7 +139,10 @@ class _SignalForwarder:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _caught(self, signum: int, _frame: FrameType | None) -> None:
-        if self._pidfd is None:
+        if signum == signal.SIGWINCH:
+            if self.on_resize is not None:
+                self.on_resize()
+        elif self._pidfd is None:
             self._pending.append(signum)
         else:
             self._send(signum)
@@ -156,6 +171,8 @@ class _DirectRun:
         self.cloned_at = 0.0
         self._sync_w = self._errors_r = -1
         self._oom_watch: OomWatch | None = None
+        self._console: socket.socket | None = None
+        self._relay: BlockingRelay | None = None
         self._owned: list[int] = []
         """Every fd this run opened and has not closed yet."""
 
@@ -182,6 +199,7 @@ class _DirectRun:
                 log.emit("error", "plugin.failed", container_id=container.id, error=str(error))
         finally:
             self._close_owned()
+            self._close_terminal()
             release(self.host, container)
         container._finish(result)
         if failure is not None:
@@ -199,6 +217,8 @@ class _DirectRun:
             container.cgroup.attach(container.pid)
         call_blocking(pm, "vortex_post_cgroup", container=container)
         self._release_and_await_exec()
+        if self._console is not None:
+            self._attach_terminal()
         container.state = "running"
         self.forwarder.forward_to(container.pidfd)
         for error in call_blocking(pm, "vortex_post_start", keep_going=True, container=container):
@@ -210,35 +230,61 @@ class _DirectRun:
         container, spec = self.container, self.container.spec
         sync_r, self._sync_w = self._pipe()
         self._errors_r, errors_w = self._pipe()
-        stdio = [
-            self._stdio_fd(spec.stdin, 0, os.O_RDONLY),
-            self._stdio_fd(spec.stdout, 1, os.O_WRONLY),
-            self._stdio_fd(spec.stderr, 2, os.O_WRONLY),
-        ]
+        console = None
+        if spec.tty:
+            # The init opens the pty and sends its master back over this socket.
+            stdio = [self._stdio_fd(Stdio.NULL, -1, os.O_RDWR)] * 3
+            console = self._console_socket()
+        else:
+            stdio = [
+                self._stdio_fd(spec.stdin, 0, os.O_RDONLY),
+                self._stdio_fd(spec.stdout, 1, os.O_WRONLY),
+                self._stdio_fd(spec.stderr, 2, os.O_WRONLY),
+            ]
         cgroup_fd = container.cgroup.clone_fd() if container.cgroup is not None else None
         if cgroup_fd is not None:
             self._owned.append(cgroup_fd)
-        request = spawn_request(container, plan_ops, has_cgroup_fd=cgroup_fd is not None)
+        request = spawn_request(
+            container,
+            plan_ops,
+            has_console_socket=console is not None,
+            has_cgroup_fd=cgroup_fd is not None,
+        )
         child_fds = [sync_r, errors_w, *stdio]
         warmup.stop()  # its thread must be gone before we clone
         if L.is_single_threaded():
-            pid, pidfd = self._clone_here(request, child_fds, cgroup_fd)
+            pid, pidfd = self._clone_here(request, child_fds, console, cgroup_fd)
         else:
-            pid, pidfd = _clone_through_helper(request, [*child_fds, *_optional(cgroup_fd)])
+            extra = [*_optional(console), *_optional(cgroup_fd)]
+            pid, pidfd = _clone_through_helper(request, [*child_fds, *extra])
         self.cloned_at = time.monotonic()
         container.pid, container.pidfd = pid, pidfd
         container.state = "created"
         # The init has its copies: close ours, so that its exit (or exec, for the
         # error pipe) is what the pipes report.
-        for fd in (sync_r, errors_w, *_optional(cgroup_fd)):
+        for fd in (sync_r, errors_w, *_optional(console), *_optional(cgroup_fd)):
             self._close(fd)
-        for fd in stdio:
+        for fd in set(stdio):
             if fd in self._owned:
                 self._close(fd)
         return request
 
+    def _console_socket(self) -> int:
+        """Our end of the console socket (kept); returns the init's end (owned)."""
+        import socket  # only a terminal needs it: ~2 ms of a cold start otherwise
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._console = ours
+        child_end = theirs.detach()
+        self._owned.append(child_end)
+        return child_end
+
     def _clone_here(
-        self, request: SpawnRequest, child_fds: list[int], cgroup_fd: int | None
+        self,
+        request: SpawnRequest,
+        child_fds: list[int],
+        console: int | None,
+        cgroup_fd: int | None,
     ) -> tuple[int, int]:
         # Blocked across the clone: the child must not run our handlers (it resets
         # every disposition and then unblocks); the parent gets what arrived after.
@@ -249,7 +295,10 @@ class _DirectRun:
             except OSError as exc:
                 raise ContainerSetupError(f"clone failed: {exc}") from exc
             if pid == 0:
-                run_init(request.plan, dict(zip(FD_ORDER, child_fds, strict=True)))
+                named = dict(zip(FD_ORDER, child_fds, strict=True))
+                if console is not None:
+                    named["console"] = console
+                run_init(request.plan, named)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return pid, pidfd
@@ -290,6 +339,29 @@ class _DirectRun:
                 raise ExecError(message, status)
             raise ContainerSetupError(message)
 
+    def _attach_terminal(self) -> None:
+        """Receive the pty master the init sent before its exec; relay it to our
+        stdin and stdout, sized like our terminal."""
+        import socket
+
+        assert self._console is not None
+        _msg, fds, _flags, _addr = socket.recv_fds(self._console, 16, 1)
+        self._console.close()
+        self._console = None
+        if not fds:
+            raise HelperError("the container did not send its terminal")
+        container = self.container
+        container.terminal_fd = fds[0]
+        os.set_inheritable(fds[0], False)
+        self.forwarder.on_resize = self._resize
+        self._resize()
+        self._relay = BlockingRelay(fds[0])
+
+    def _resize(self) -> None:
+        size = window_size(1) or window_size(0)
+        if size:
+            self.container.resize(*size)
+
     # ------------------------------------------------------------------ exit
 
     def _reap(self) -> os.waitid_result:
@@ -304,7 +376,9 @@ class _DirectRun:
         assert pidfd is not None
         self._close_owned()
         try:
-            self._wait_for_exit(pidfd)
+            # Raw: keys (Ctrl-C too) go to the container's terminal as bytes.
+            with raw_mode(0) if self._relay is not None else contextlib.nullcontext():
+                self._wait_for_exit(pidfd)
             info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
         finally:
             self.forwarder.forward_to(None)
@@ -316,26 +390,38 @@ class _DirectRun:
         return info
 
     def _wait_for_exit(self, pidfd: int) -> None:
-        """poll() on the pidfd and the OOM watch (interrupted polls are resumed by
-        Python once the signal handlers ran, PEP 475)."""
-        watch = self._oom_watch
-        if watch is None:
+        """poll() on the pidfd, the OOM watch and the terminal until the init has
+        exited and the terminal's output is drained (at most OUTPUT_DRAIN_TIMEOUT
+        more).  Interrupted polls are resumed by Python once the signal handlers
+        ran (PEP 475)."""
+        watch, relay = self._oom_watch, self._relay
+        if watch is None and relay is None:
             return  # waitid blocks until the exit
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        poller.register(watch.fd, select.POLLIN)
-        # Read first: an OOM before the watch existed sent no notification.
-        rechecks = [time.monotonic()]
+        # Read the OOM counter first: an OOM before the watch existed sent nothing.
+        rechecks = [time.monotonic()] if watch is not None else []
+        exited_by: float | None = None  # then: drain the terminal until this time
         while True:
-            timeout = max(0.0, rechecks[0] - time.monotonic()) * 1000 if rechecks else None
-            ready = {fd for fd, _events in poller.poll(timeout)}
-            if pidfd in ready:
-                return
             now = time.monotonic()
-            if watch.fd in ready:
-                watch.drain()
-                rechecks = [now + delay for delay in RECHECK_DELAYS]
-            if rechecks and rechecks[0] <= now:
+            if exited_by is not None and (relay is None or relay.closed or now >= exited_by):
+                return
+            deadlines = [*rechecks[:1], *_optional(exited_by)]
+            timeout = max(0.0, min(deadlines) - now) * 1000 if deadlines else None
+            poller = select.poll()
+            if exited_by is None:
+                poller.register(pidfd, select.POLLIN)
+            if watch is not None:
+                poller.register(watch.fd, select.POLLIN)
+            for fd, events in relay.poll_events() if relay is not None else ():
+                poller.register(fd, events)
+            for fd, events in poller.poll(timeout):
+                if fd == pidfd:
+                    exited_by = time.monotonic() + OUTPUT_DRAIN_TIMEOUT
+                elif watch is not None and fd == watch.fd:
+                    watch.drain()
+                    rechecks = [time.monotonic() + delay for delay in RECHECK_DELAYS]
+                elif relay is not None:
+                    relay.handle(fd, events)
+            if watch is not None and rechecks and rechecks[0] <= time.monotonic():
                 del rechecks[0]
                 if report_new_kills(self.container, watch):
                     rechecks.clear()
@@ -343,6 +429,17 @@ class _DirectRun:
     def _close(self, fd: int) -> None:
         self._owned.remove(fd)
         os.close(fd)
+
+    def _close_terminal(self) -> None:
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
+        if self.container.terminal_fd is not None:
+            os.close(self.container.terminal_fd)
+            self.container.terminal_fd = None
 
     def _close_owned(self) -> None:
         for fd in self._owned:
@@ -363,5 +460,5 @@ def _clone_through_helper(request: SpawnRequest, fds: list[int]) -> tuple[int, i
         helper.close()
 
 
-def _optional(fd: int | None) -> list[int]:
-    return [] if fd is None else [fd]
+def _optional(value: T | None) -> list[T]:
+    return [] if value is None else [value]

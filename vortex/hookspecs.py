@@ -26,9 +26,9 @@ plan of :mod:`vortex.ops` operations that the init applies.
 
 Hooks that run in the Runtime may be ``async def``; the Runtime awaits them one
 after another in pluggy's order (``tryfirst`` first, then most recently
-registered first, ``trylast`` last).  ``vortex run`` without a terminal has no
-event loop (:mod:`vortex.direct`): it calls them in the same order and runs
-each async implementation on a loop of its own.  Any exception raised by a
+registered first, ``trylast`` last).  ``vortex run`` has no event loop
+(:mod:`vortex.direct`): it calls them in the same order and runs each async
+implementation on a loop of its own.  Any exception raised by a
 hook aborts the start of that container (for ``vortex_prepare``,
 ``vortex_pre_pivot``, ``vortex_post_cgroup``), is reported as a :class:`vortex.errors.PluginError`
 naming the plugin and hook, and leaves nothing behind: ``vortex_on_exit`` is

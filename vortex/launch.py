@@ -20,14 +20,11 @@ from vortex.container import Container
 from vortex.errors import ContainerSetupError, ExecError, HelperError
 from vortex.helper.client import ForkHelper
 from vortex.helper.init import decode_failure
-from vortex.lifecycle import spawn_request
+from vortex.lifecycle import OUTPUT_DRAIN_TIMEOUT, spawn_request
 from vortex.ops import SetupOp
 from vortex.spec import Stdio
 from vortex.streams import FdReceiveStream, FdSendStream, read_all
 from vortex.terminal import relay, window_size
-
-OUTPUT_DRAIN_TIMEOUT = 5.0
-"""How long to wait for output pipes to reach EOF once the init is reaped."""
 
 
 class Launch:

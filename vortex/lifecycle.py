@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from vortex.ops import SetupOp
     from vortex.spec import ContainerSpec
 
+OUTPUT_DRAIN_TIMEOUT = 5.0
+"""How long output (pipes, the terminal) may still be read once the init is reaped:
+a process that escaped the container's end could hold them open forever."""
+
 NAMESPACE_FLAGS = L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWNET | L.CLONE_NEWIPC
 """Namespaces created at clone.  The cgroup namespace is unshared by the init
 once it is in its cgroup, so that its own cgroup is its root on v1 as well."""

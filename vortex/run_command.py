@@ -148,38 +148,16 @@ def main(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         spec = _rootless_resources(args, spec)
     spec.validate()  # before any process or cgroup exists
+    # One container, no event loop: vortex/direct.py (the daemon uses the Runtime).
     from vortex import direct
 
-    if direct.supports(spec):
-        # No terminal to relay: no event loop needed either (vortex/direct.py).
-        options = {} if args.cgroup_parent is None else {"cgroup_parent": args.cgroup_parent}
-        status, message = foreground_outcome(
-            direct.run(spec, disabled_plugins=args.no_plugin, **options)
-        )
-    else:
-        import anyio
-
-        status, message = anyio.run(_run_container, spec, args.no_plugin, args.cgroup_parent)
+    options = {} if args.cgroup_parent is None else {"cgroup_parent": args.cgroup_parent}
+    status, message = foreground_outcome(
+        direct.run(spec, disabled_plugins=args.no_plugin, **options)
+    )
     if message:
         print(f"vortex: {message}", file=sys.stderr)
     return status
-
-
-async def _run_container(
-    spec: ContainerSpec, disabled: list[str], cgroup_parent: str | None = None
-) -> tuple[int, str | None]:
-    import signal
-
-    import anyio
-
-    from vortex.runtime import Runtime
-
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
-    options: dict[str, Any] = {} if cgroup_parent is None else {"cgroup_parent": cgroup_parent}
-    async with Runtime(disabled_plugins=disabled, **options) as runtime:
-        # Listen before the start so a signal that arrives meanwhile is not lost.
-        with anyio.open_signal_receiver(*forwarded) as signals:
-            return await run_in_foreground(runtime, spec, signals)
 
 
 async def run_in_foreground(

@@ -5,14 +5,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import struct
 import termios
 import tty
 from collections.abc import Iterator
-
-import anyio
-
-from vortex.streams import FdReceiveStream, FdSendStream
 
 
 def window_size(fd: int) -> tuple[int, int] | None:
@@ -46,6 +43,10 @@ def raw_mode(fd: int) -> Iterator[None]:
 async def relay(master: int, in_fd: int = 0, out_fd: int = 1) -> None:
     """Copy ``in_fd`` → pty master and master → ``out_fd`` until the container's
     side of the terminal closes."""
+    import anyio  # here: vortex.direct imports this module and runs no event loop
+
+    from vortex.streams import FdReceiveStream, FdSendStream
+
     # Own duplicates: FdReceiveStream switches them to non-blocking mode, and the
     # caller's stdin/stdout must be left blocking (they are shared with the shell).
     from_master = FdReceiveStream(os.dup(master))
@@ -98,3 +99,82 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+class BlockingRelay:
+    """:func:`relay` for a caller without an event loop (vortex.direct): the same
+    copying, driven by the caller's ``poll()`` loop.
+
+    The caller polls :meth:`poll_events` with its own fds and hands each ready one
+    of ours to :meth:`handle`.  Output to ``out_fd`` is written blocking, as in
+    :func:`relay`; input to the container is buffered, and not read further while
+    the pty does not take it, so a container that does not read never blocks us.
+    """
+
+    def __init__(self, master: int, in_fd: int = 0, out_fd: int = 1) -> None:
+        self._master = os.dup(master)
+        os.set_blocking(self._master, False)  # our own description: the init closed its
+        self._out = out_fd
+        self._in = _reopen_nonblocking_copy(in_fd)
+        self._pending = b""
+        self.closed = False
+        """The container's side of the terminal is closed: nothing more will come."""
+
+    def poll_events(self) -> list[tuple[int, int]]:
+        if self.closed:
+            return []
+        events = [(self._master, select.POLLIN | (select.POLLOUT if self._pending else 0))]
+        if self._in is not None and not self._pending:
+            events.append((self._in, select.POLLIN))
+        return events
+
+    def handle(self, fd: int, events: int) -> None:
+        if fd == self._master:
+            if events & select.POLLOUT:
+                self._send_pending()
+            if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                self._copy_output()
+        elif fd == self._in:
+            self._read_input()
+
+    def _copy_output(self) -> None:
+        try:
+            data = os.read(self._master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every process holding the terminal has closed it
+            data = b""
+        if data:
+            _write_all(self._out, data)
+        else:
+            self.closed = True
+
+    def _read_input(self) -> None:
+        assert self._in is not None
+        try:
+            data = os.read(self._in, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the caller's stdin ended: stop reading it, as relay() does
+            os.close(self._in)
+            self._in = None
+            return
+        self._pending += data
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        try:
+            written = os.write(self._master, self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self._pending)  # the terminal is gone: drop the input
+        self._pending = self._pending[written:]
+
+    def close(self) -> None:
+        os.close(self._master)
+        if self._in is not None:
+            os.close(self._in)
+            self._in = None
