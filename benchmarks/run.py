@@ -157,7 +157,11 @@ def subjects(
 ) -> tuple[list[Subject], list[str]]:
     """The cold-start subjects available here, and notes on the skipped ones."""
     tag = f"vxb{os.getpid()}"
-    vortex_run = [sys.executable, "-m", "vortex", "run", str(rootfs), "/bin/true"]
+    # The console script pip installed (what users type), run by this interpreter
+    # directly; `-m vortex` where there is none (it adds runpy's imports).
+    script = Path(sysconfig.get_paths()["scripts"]) / "vortex"
+    entry = [str(script)] if script.is_file() else ["-m", "vortex"]
+    vortex_run = [sys.executable, *entry, "run", str(rootfs), "/bin/true"]
     found = [
         Subject(
             "vortex",
