@@ -7,11 +7,16 @@ import os
 import select
 import struct
 import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
 
+import anyio
+import pytest
+
 from tests.conftest import VORTEX
+from vortex import ContainerSpec, Runtime, Stdio
 
 
 class Terminal:
@@ -133,3 +138,67 @@ def test_window_resize_reaches_the_container(rootfs: Path) -> None:
     finally:
         status = term.close()
     assert status == 0
+
+
+# The Runtime's own terminal handling (vortex run relays from vortex/direct.py; a
+# program using the library gets the pty through Launch.attach_terminal).
+
+
+@pytest.mark.anyio
+async def test_runtime_terminal_captured(rootfs: Path) -> None:
+    async with Runtime() as runtime:
+        result = await runtime.run(
+            ContainerSpec(
+                rootfs=rootfs,
+                command=["/bin/sh", "-c", "tty; echo hi; exit 4"],
+                tty=True,
+                stdout=Stdio.CAPTURE,
+            )
+        )
+    assert result.exit_code == 4
+    assert result.stdout is not None
+    assert b"/dev/pts/0\r\nhi\r\n" in result.stdout  # the terminal's CRLF: a real pty
+
+
+@pytest.mark.anyio
+async def test_runtime_terminal_streamed(rootfs: Path) -> None:
+    async with Runtime() as runtime:
+        container = await runtime.start(
+            ContainerSpec(rootfs=rootfs, command=["/bin/sh"], tty=True, stdout=Stdio.STREAM)
+        )
+        assert container.stdin is not None and container.stdout is not None
+        await container.stdin.send(b"echo $((6*7))\n")
+        seen = b""
+        with anyio.fail_after(10):
+            while b"42\r\n" not in seen:
+                seen += await container.stdout.receive()
+        await container.stdin.send(b"exit 6\n")
+        result = await container.wait()
+        await container.stdin.aclose()
+        await container.stdout.aclose()
+    assert result.exit_code == 6
+
+
+RUNTIME_ON_A_TERMINAL = """
+import anyio, sys
+from vortex import ContainerSpec, Runtime
+
+async def main():
+    async with Runtime() as runtime:
+        spec = ContainerSpec(rootfs=sys.argv[1], command=["/bin/sh"], tty=True)
+        return (await runtime.run(spec)).exit_code
+
+sys.exit(anyio.run(main))
+"""
+
+
+def test_runtime_terminal_inherited_is_relayed(rootfs: Path) -> None:
+    term = Terminal([sys.executable, "-c", RUNTIME_ON_A_TERMINAL, str(rootfs)])
+    try:
+        term.expect(b"# ")
+        term.send(b"echo $((6*7))\r")
+        term.expect(b"42")
+        term.send(b"exit 7\r")
+    finally:
+        status = term.close()
+    assert status == 7
