@@ -375,3 +375,19 @@ def test_bad_log_level(rootfs: Path) -> None:
     assert proc.stderr.decode().strip() == (
         "vortex: log level 'loud' is unknown: use one of debug, info, warning, error, critical"
     )
+
+
+def test_closed_standard_fds_become_dev_null(rootfs: Path) -> None:
+    # Run by something that closed stdin and stdout: the container gets /dev/null
+    # there (not whatever vortex opened next), and its stderr still works.
+    # ($(...): busybox runs readlink inside the shell, whose fd 1 ">&2" would move.)
+    script = 'echo "$(readlink /proc/1/fd/0) $(readlink /proc/1/fd/1)" >&2; cat; echo done >&2'
+    command = " ".join([*VORTEX, "run", str(rootfs), "/bin/sh", "-c", repr(script)])
+    proc = subprocess.run(
+        ["/bin/sh", "-c", f"exec <&- >&-; exec {command}"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b"/dev/null /dev/null\ndone\n"

@@ -220,3 +220,18 @@ V1_MEMORY = Path("/sys/fs/cgroup/memory/cgroup.procs")
 def test_cli_logs_oom_kills_while_the_container_runs(rootfs: Path) -> None:
     """The direct path polls the OOM watch beside the pidfd (v1: one task killed)."""
     check_oom_logged_while_running(rootfs)
+
+
+CLOSED_STDIN = """
+import os, sys
+from vortex import direct
+from vortex.spec import ContainerSpec
+
+os.close(0)  # the caller runs without stdin: our first pipe gets number 0
+spec = ContainerSpec(rootfs=sys.argv[1], command=["/bin/readlink", "/proc/self/fd/0"])
+sys.exit(direct.run(spec).exit_code)
+"""
+
+
+def test_a_closed_stdin_is_dev_null_not_our_pipe(rootfs: Path) -> None:
+    assert run_python(CLOSED_STDIN, str(rootfs)).stdout == "/dev/null\n"

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import open_fds, vortex_cgroups, zombie_children
+from tests.conftest import open_fds, run_python, vortex_cgroups, zombie_children
 from vortex.errors import ExecError, SpecError
 from vortex.spec import ContainerSpec, Resources, Stdio
 
@@ -303,3 +303,23 @@ async def test_a_spec_larger_than_one_helper_message_still_starts(rootfs: Path) 
         result = await runtime.run(spec)
     assert result.exit_code == 0
     assert result.stdout == b"3:100000\n"
+
+
+CLOSED_STDIN = """
+import os, sys, anyio
+from vortex import ContainerSpec, Runtime, Stdio
+
+async def main():
+    # The caller runs without stdin (closed after its event loop opened its own
+    # fds): the fork helper's socket would get number 0.
+    os.close(0)
+    async with Runtime() as runtime:
+        spec = ContainerSpec(rootfs=sys.argv[1], command=["/bin/readlink", "/proc/self/fd/0"])
+        return (await runtime.run(spec)).exit_code
+
+sys.exit(anyio.run(main))
+"""
+
+
+def test_a_closed_stdin_is_dev_null_not_our_socket(rootfs: Path) -> None:
+    assert run_python(CLOSED_STDIN, str(rootfs)).stdout == "/dev/null\n"

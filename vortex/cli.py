@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from vortex.errors import VortexError
+from vortex.standard_fds import open_standard_fds
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
+    open_standard_fds()
     words = sys.argv[1:] if argv is None else list(argv)
     stop_warmup = None
     if requested_subcommand(words) == "run":

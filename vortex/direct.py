@@ -55,6 +55,7 @@ from vortex.ops import SetupOp
 from vortex.pluginmanager import call_blocking
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec, Stdio
+from vortex.standard_fds import open_standard_fds
 from vortex.state import DEFAULT_STATE_DIR
 from vortex.terminal import BlockingRelay, raw_mode, window_size
 
@@ -100,6 +101,7 @@ def run(
             "stdin/stdout/stderr as a stream, captured or fed from bytes (or a terminal "
             "not on the inherited ones) needs the event loop: run this spec with vortex.Runtime"
         )
+    open_standard_fds()  # before we open anything that could take their numbers
     signals = (*FORWARDED_SIGNALS, signal.SIGWINCH) if spec.tty else FORWARDED_SIGNALS
     with _SignalForwarder(signals) as forwarder:
         host = open_host(
@@ -312,11 +314,7 @@ class _DirectRun:
         if isinstance(mode, int):
             return mode  # lent by the caller: the init dups it, we never close it
         if mode is Stdio.INHERIT:
-            try:
-                os.fstat(inherited)
-                return inherited
-            except OSError:  # the caller runs with this fd closed (e.g. CI without stdin)
-                pass
+            return inherited  # open: run() saw to it (standard_fds)
         fd = os.open(os.devnull, flags | os.O_CLOEXEC)
         self._owned.append(fd)
         return fd

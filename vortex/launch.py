@@ -98,7 +98,7 @@ class Launch:
     def _inherited(self, fd: int, flags: int) -> int:
         try:
             os.fstat(fd)
-        except OSError:  # the caller runs with this fd closed (e.g. CI without stdin)
+        except OSError:  # closed since the Runtime started (standard_fds)
             return self._devnull(flags)
         return fd
 

@@ -45,6 +45,7 @@ from vortex.lifecycle import (
 from vortex.pluginmanager import call_async
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec
+from vortex.standard_fds import open_standard_fds
 from vortex.state import DEFAULT_STATE_DIR, StateDir
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class Runtime:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Runtime:
+        open_standard_fds()  # before the helper's socket could take a closed one's number
         # The helper first: after this point plugins and anyio may start threads.
         self._helper = ForkHelper.start()
         try:

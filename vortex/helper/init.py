@@ -407,10 +407,14 @@ def _setup_stdio(plan: InitPlan, fds: dict[str, int]) -> None:
         sources = [slave, slave, slave]
     else:
         sources = [fds["stdin"], fds["stdout"], fds["stderr"]]
-    # dup2 clears FD_CLOEXEC on the new descriptor, which is what exec needs.
-    for target, source in enumerate(sources):
-        if source != target:
-            os.dup2(source, target)
+    # A source may already sit on 0-2 (a direct clone passes the caller's own
+    # descriptors, close-on-exec ones too): copy them above 2 first, so that no
+    # dup2 overwrites a source still needed and every target is a fresh dup2.
+    # dup2 clears FD_CLOEXEC on the new descriptor, which is what exec needs;
+    # the copies are closed with the other descriptors.
+    copies = [fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, 3) for source in sources]
+    for target, source in enumerate(copies):
+        os.dup2(source, target)
 
 
 def _close_other_fds(keep: int) -> None:
