@@ -11,11 +11,12 @@ functions (:mod:`vortex.lifecycle`), without them:
   itself (if a plugin started a thread, a helper is started after all);
 - lifecycle hooks are called in order; an ``async def`` implementation gets an
   event loop of its own for the call (:func:`~vortex.pluginmanager.call_blocking`);
-- the exit is awaited with a blocking ``waitid`` on the init's pidfd, while
-  signal handlers forward SIGINT, SIGTERM, SIGHUP and SIGQUIT to it.
+- the exit is awaited in ``poll()`` on the init's pidfd, beside the OOM watch
+  (``container.oom`` events while it runs) and, with a terminal, the pty
+  (:class:`~vortex.terminal.BlockingRelay`, between the pty and this process's
+  own stdin and stdout); signal handlers forward SIGINT, SIGTERM, SIGHUP and
+  SIGQUIT to the init, and SIGWINCH resizes its terminal.
 
-A terminal is relayed from the same ``poll()`` loop (:class:`~vortex.terminal.BlockingRelay`),
-between the pty and this process's own stdin and stdout, and SIGWINCH resizes it.
 What needs relays to the caller's code stays with the Runtime: stdin/stdout/stderr
 other than inherited, ``/dev/null`` or a lent file descriptor, and a terminal
 whose streams are not inherited (:func:`supports`).
