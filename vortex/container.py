@@ -155,6 +155,15 @@ class Container:
                     self.terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0)
                 )
 
+    def fit_to_caller_terminal(self) -> None:
+        """Give the container's terminal the size of ours (stdout's, else stdin's), if
+        we run on one: at the start, and on each SIGWINCH."""
+        from vortex.terminal import window_size
+
+        size = window_size(1) or window_size(0)
+        if size:
+            self.resize(*size)
+
     async def oom_events(self) -> AsyncIterator[int]:
         """Yield the ``oom_kills`` count each time the OOM killer strikes in this container.
 

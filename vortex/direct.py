@@ -38,14 +38,15 @@ from vortex import log
 from vortex.cgroups import warmup
 from vortex.cgroups.oom import RECHECK_DELAYS, OomWatch, report_new_kills
 from vortex.container import Container
-from vortex.errors import ContainerSetupError, ExecError, HelperError, SpecError
-from vortex.helper.init import decode_failure, run_init
+from vortex.errors import ContainerSetupError, SpecError
+from vortex.helper.init import raise_reported_failure, run_init
 from vortex.helper.plan import FD_ORDER, SpawnRequest
 from vortex.lifecycle import (
     OUTPUT_DRAIN_TIMEOUT,
     Host,
     collect_result,
     describe_failure,
+    end_processes,
     new_container,
     open_host,
     plan_setup,
@@ -58,7 +59,7 @@ from vortex.result import RunResult
 from vortex.spec import ContainerSpec, Stdio
 from vortex.standard_fds import open_standard_fds
 from vortex.state import DEFAULT_STATE_DIR
-from vortex.terminal import BlockingRelay, raw_mode, window_size
+from vortex.terminal import BlockingRelay, raw_mode, receive_master
 
 if TYPE_CHECKING:
     import socket
@@ -193,7 +194,7 @@ class _DirectRun:
             result = collect_result(
                 container,
                 info,
-                cloned_at=self.cloned_at,
+                wall_time=end_processes(container, info, self.cloned_at),
                 error=describe_failure(failure) if failure is not None else None,
             )
             for error in call_blocking(
@@ -215,9 +216,9 @@ class _DirectRun:
         request = self._clone(plan_setup(self.host, container))
         if container.cgroup is not None:
             self._oom_watch = OomWatch.open(container.cgroup)
-        if container.cgroup is not None and not request.has_cgroup_fd:
-            assert container.pid is not None
-            container.cgroup.attach(container.pid)
+            if not request.has_cgroup_fd:  # v1: no CLONE_INTO_CGROUP
+                assert container.pid is not None
+                container.cgroup.attach(container.pid)
         call_blocking(pm, "vortex_post_cgroup", container=container)
         self._release_and_await_exec()
         if self._console is not None:
@@ -332,34 +333,18 @@ class _DirectRun:
         while chunk := os.read(self._errors_r, 65536):
             report += chunk
         self._close(self._errors_r)
-        if report:
-            kind, status, message = decode_failure(report)
-            if kind == "exec":
-                raise ExecError(message, status)
-            raise ContainerSetupError(message)
+        raise_reported_failure(report)
 
     def _attach_terminal(self) -> None:
         """Receive the pty master the init sent before its exec; relay it to our
         stdin and stdout, sized like our terminal."""
-        import socket
-
         assert self._console is not None
-        _msg, fds, _flags, _addr = socket.recv_fds(self._console, 16, 1)
-        self._console.close()
-        self._console = None
-        if not fds:
-            raise HelperError("the container did not send its terminal")
+        console, self._console = self._console, None
         container = self.container
-        container.terminal_fd = fds[0]
-        os.set_inheritable(fds[0], False)
-        self.forwarder.on_resize = self._resize
-        self._resize()
-        self._relay = BlockingRelay(fds[0])
-
-    def _resize(self) -> None:
-        size = window_size(1) or window_size(0)
-        if size:
-            self.container.resize(*size)
+        container.terminal_fd = receive_master(console)
+        self.forwarder.on_resize = container.fit_to_caller_terminal
+        container.fit_to_caller_terminal()
+        self._relay = BlockingRelay(container.terminal_fd)
 
     # ------------------------------------------------------------------ exit
 

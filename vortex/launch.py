@@ -17,14 +17,13 @@ import anyio.abc
 
 from vortex import log
 from vortex.container import Container
-from vortex.errors import ContainerSetupError, ExecError, HelperError
 from vortex.helper.client import ForkHelper
-from vortex.helper.init import decode_failure
+from vortex.helper.init import raise_reported_failure
 from vortex.lifecycle import OUTPUT_DRAIN_TIMEOUT, spawn_request
 from vortex.ops import SetupOp
 from vortex.spec import Stdio
 from vortex.streams import FdReceiveStream, FdSendStream, read_all
-from vortex.terminal import relay, window_size
+from vortex.terminal import receive_master, relay
 
 
 class Launch:
@@ -206,28 +205,17 @@ class Launch:
             report = await read_all(errors)
         finally:
             await errors.aclose()
-        if report:
-            kind, status, message = decode_failure(report)
-            if kind == "exec":
-                raise ExecError(message, status)
-            raise ContainerSetupError(message)
+        raise_reported_failure(report)
 
     async def attach_terminal(self, task_group: anyio.abc.TaskGroup) -> None:
         """Receive the pty master from the init and connect it as the spec says."""
         assert self._console is not None
         await anyio.wait_readable(self._console)
-        _msg, fds, _flags, _addr = socket.recv_fds(self._console, 16, 1)
-        self._console.close()
-        self._console = None
-        if not fds:
-            raise HelperError("the container did not send its terminal")
-        master = fds[0]
-        os.set_inheritable(master, False)
+        console, self._console = self._console, None
+        master = receive_master(console)
         container, spec = self.container, self.container.spec
         container.terminal_fd = master
-        size = window_size(1) or window_size(0)
-        if size:
-            container.resize(*size)
+        container.fit_to_caller_terminal()
         if spec.stdout is Stdio.CAPTURE:
             self._pending_outputs += 1
             task_group.start_soon(self._capture, "stdout", FdReceiveStream(os.dup(master)))

@@ -10,7 +10,8 @@ functions, so a spec means the same thing whichever runs it:
 - :func:`new_container`: id, state record, cgroup;
 - :func:`plan_setup`: ``vortex_pre_pivot`` and ``vortex_security`` hooks;
 - :func:`spawn_request`: what the cloned init is told to do;
-- :func:`collect_result` and :func:`release`: after the init was reaped.
+- :func:`end_processes`, :func:`collect_result` and :func:`release`: after the
+  init was reaped.
 
 The hooks that may be async (``prepare``, ``post_cgroup``, ``post_start``,
 ``on_exit``) are called by each driver in its own way.
@@ -171,24 +172,31 @@ def spawn_request(
     )
 
 
+def end_processes(container: Container, info: os.waitid_result | None, cloned_at: float) -> float:
+    """Right after the init was reaped (``info``; None when it never started): make
+    sure nothing of the container still runs.  Returns its wall time in seconds."""
+    ended = time.monotonic()
+    if container.cgroup is not None and info is not None:
+        # PID 1 is gone, so the kernel kills the rest of its PID namespace; make sure
+        # of it (and of anything that moved out of reach): the output pipes then reach
+        # EOF, and the statistics are final.
+        with contextlib.suppress(Exception):
+            container.cgroup.kill()
+    return ended - cloned_at if cloned_at else 0.0
+
+
 def collect_result(
     container: Container,
     info: os.waitid_result | None,
     *,
-    cloned_at: float,
+    wall_time: float,
     stdout: bytes | None = None,
     stderr: bytes | None = None,
     error: str | None = None,
 ) -> RunResult:
     """The RunResult of a reaped init (``info``; None when it never started), with the
-    statistics of its cgroup."""
-    ended = time.monotonic()
+    statistics of its cgroup (after :func:`end_processes`)."""
     cgroup = container.cgroup
-    if cgroup is not None and info is not None:
-        # PID 1 is gone, so the kernel kills the rest of its PID namespace; make
-        # sure of it (and of anything that moved out of reach) before reading stats.
-        with contextlib.suppress(Exception):
-            cgroup.kill()
     stats = None
     if cgroup is not None:
         try:
@@ -208,7 +216,7 @@ def collect_result(
         exit_code=exit_code,
         signal=sig,
         oom_killed=oom,
-        wall_time=ended - cloned_at if cloned_at else 0.0,
+        wall_time=wall_time,
         cpu_time=stats.cpu_time if stats else None,
         memory_peak=stats.memory_peak if stats else None,
         oom_kills=stats.oom_kills if stats else 0,

@@ -189,12 +189,8 @@ def foreground_outcome(result: RunResult) -> tuple[int, str | None]:
 async def _forward_signals(signals: AsyncIterator[int], container: Container) -> None:
     import signal
 
-    from vortex.terminal import window_size
-
     async for signum in signals:
         if signum == signal.SIGWINCH:
-            size = window_size(1) or window_size(0)
-            if size:
-                container.resize(*size)
+            container.fit_to_caller_terminal()
         else:
             container.kill(signum)

@@ -37,6 +37,7 @@ from vortex.lifecycle import (
     Host,
     collect_result,
     describe_failure,
+    end_processes,
     new_container,
     open_host,
     plan_setup,
@@ -252,18 +253,14 @@ class Runtime:
     async def _finish(
         self, container: Container, launch: Launch, info: os.waitid_result | None
     ) -> None:
-        if container.cgroup is not None and info is not None:
-            # PID 1 is gone, so the kernel kills the rest of its PID namespace: the
-            # output pipes reach EOF unless something escaped the namespace.
-            with contextlib.suppress(Exception):
-                container.cgroup.kill()
+        wall_time = end_processes(container, info, launch.cloned_at)
         stdout, stderr = await launch.collect_output()
         if launch.post_start_done is not None:
             await launch.post_start_done.wait()  # on_exit never overtakes post_start
         result = collect_result(
             container,
             info,
-            cloned_at=launch.cloned_at,
+            wall_time=wall_time,
             stdout=stdout,
             stderr=stderr,
             error=launch.error,

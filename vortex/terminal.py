@@ -10,6 +10,25 @@ import struct
 import termios
 import tty
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+
+
+def receive_master(console: socket.socket) -> int:
+    """The pty master the init sent over ``console`` before its exec (closed here),
+    as a descriptor of ours that children do not inherit."""
+    import socket
+
+    _msg, fds, _flags, _addr = socket.recv_fds(console, 16, 1)
+    console.close()
+    if not fds:
+        from vortex.errors import HelperError
+
+        raise HelperError("the container did not send its terminal")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def window_size(fd: int) -> tuple[int, int] | None:

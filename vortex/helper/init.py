@@ -31,7 +31,13 @@ from collections.abc import Callable, Sequence
 
 from vortex import _linux as L
 from vortex import ops
-from vortex.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_RUNTIME_ERROR
+from vortex.errors import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_RUNTIME_ERROR,
+    ContainerSetupError,
+    ExecError,
+)
 from vortex.helper.plan import InitPlan
 from vortex.security import apply as security
 from vortex.security.policy import InitSecurity
@@ -78,6 +84,16 @@ def encode_failure(kind: str, exit_status: int, message: str) -> bytes:
 def decode_failure(data: bytes) -> tuple[str, int, str]:
     kind, status, message = data.decode(errors="replace").split("\0", 2)
     return kind, int(status), message
+
+
+def raise_reported_failure(report: bytes) -> None:
+    """What the error pipe said once it closed: nothing (the exec succeeded), or the
+    failure as an ExecError (126/127) or a ContainerSetupError."""
+    if report:
+        kind, status, message = decode_failure(report)
+        if kind == "exec":
+            raise ExecError(message, status)
+        raise ContainerSetupError(message)
 
 
 def run_init(plan: InitPlan, fds: dict[str, int]) -> None:
