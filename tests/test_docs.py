@@ -7,7 +7,6 @@ exact signature per hook).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 import typing
@@ -16,7 +15,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from vortex import hookspecs, ops
+from vortex import hookspecs, ops, records
 from vortex.result import RunResult
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugin-hooks.md"
@@ -86,12 +85,12 @@ def test_hook_has_a_docstring_with_every_parameter(hook: str) -> None:
 @pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
 def test_setup_operation_is_documented_with_its_fields(op: type) -> None:
     documented = [args for name, args in OP_HEADING.findall(doc_text()) if name == op.__name__]
-    fields = [field.name for field in dataclasses.fields(op)]
+    fields = [field.name for field in records.fields(op)]
     assert documented, f"{DOC.name} has no heading '### `{op.__name__}(...)`'"
     names = [arg.split("=")[0].strip() for arg in documented[0].split(",") if arg.strip()]
     assert names == fields, f"the heading of {op.__name__} must list its fields {fields}"
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(RunResult)])
+@pytest.mark.parametrize("field", [f.name for f in records.fields(RunResult)])
 def test_run_result_field_is_documented(field: str) -> None:
     assert f"`{field}`" in doc_text(), f"{DOC.name} does not describe RunResult.{field}"

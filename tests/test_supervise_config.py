@@ -54,7 +54,7 @@ memory = "none"
 """
 
 
-def test_a_good_file_parses_into_frozen_dataclasses(tmp_path: Path) -> None:
+def test_a_good_file_parses_into_frozen_records(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, GOOD.format(rootfs=tmp_path)))
     db, web = config.services["db"], config.services["web"]
     assert config.start_order() == ["db", "web"]

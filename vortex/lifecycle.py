@@ -24,7 +24,6 @@ import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vortex import _linux as L
@@ -33,6 +32,7 @@ from vortex.container import Container
 from vortex.errors import VortexError
 from vortex.helper.plan import InitPlan, SpawnRequest
 from vortex.pluginmanager import call_sync, load_plugins
+from vortex.records import record
 from vortex.result import RunResult
 from vortex.security.policy import SecurityPolicy
 from vortex.state import DEFAULT_STATE_DIR, ContainerRecord, StateDir
@@ -52,7 +52,7 @@ NAMESPACE_FLAGS = L.CLONE_NEWPID | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWN
 once it is in its cgroup, so that its own cgroup is its root on v1 as well."""
 
 
-@dataclass
+@record(frozen=False)
 class Host:
     """What a driver sets up once and then uses for every container."""
 

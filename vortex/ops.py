@@ -10,10 +10,10 @@ order, after the root filesystem is bind-mounted and the core mounts (/proc,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vortex.records import record
 
 
-@dataclass(frozen=True)
+@record
 class BindMount:
     """Bind ``source`` (a host path) onto ``target`` (a path inside the container)."""
 
@@ -23,7 +23,7 @@ class BindMount:
     recursive: bool = True
 
 
-@dataclass(frozen=True)
+@record
 class MountFilesystem:
     """Mount a fresh filesystem, e.g. ``MountFilesystem("tmpfs", "/tmp", "size=64m")``."""
 
@@ -33,7 +33,7 @@ class MountFilesystem:
     flags: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class WriteFile:
     """Create or replace a file inside the container (e.g. /etc/hosts)."""
 
@@ -42,19 +42,19 @@ class WriteFile:
     mode: int = 0o644
 
 
-@dataclass(frozen=True)
+@record
 class MakeDirectory:
     path: str
     mode: int = 0o755
 
 
-@dataclass(frozen=True)
+@record
 class Symlink:
     target: str
     path: str
 
 
-@dataclass(frozen=True)
+@record
 class LoopbackUp:
     """Bring ``lo`` up in the container's network namespace (one ioctl, no netlink)."""
 

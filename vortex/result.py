@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import signal as _signal
-from dataclasses import dataclass
 
 from vortex.errors import EXIT_RUNTIME_ERROR
+from vortex.records import record
 
 
-@dataclass(frozen=True)
+@record
 class RunResult:
     """How a container ended, with its statistics.
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 from vortex import log
 from vortex.errors import IdMappingError, PermissionDeniedError
+from vortex.records import record
 from vortex.userns import IdRange
 
 SUBUID = "/etc/subuid"
@@ -88,7 +88,7 @@ def check_user_namespaces() -> None:
         )
 
 
-@dataclass(frozen=True)
+@record
 class SubordinateIds:
     """The caller's ranges in /etc/subuid and /etc/subgid, and the helpers that map them."""
 

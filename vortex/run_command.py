@@ -123,9 +123,7 @@ def _explicit_limits(args: argparse.Namespace, cgroup_resources: dict[str, Any])
 def _rootless_resources(args: argparse.Namespace, spec: ContainerSpec) -> ContainerSpec:
     """Without a delegated cgroup: explicit limits are an error, the default memory
     limit is dropped with one warning line (docs/security.md, "Rootless")."""
-    import dataclasses
-
-    from vortex import rootless
+    from vortex import records, rootless
     from vortex.cgroups.options import resources_from_args
     from vortex.errors import PermissionDeniedError
 
@@ -135,7 +133,7 @@ def _rootless_resources(args: argparse.Namespace, spec: ContainerSpec) -> Contai
         raise PermissionDeniedError(rootless.LIMITS_UNAVAILABLE.format(uid=os.geteuid()))
     if "limits" not in args.no_plugin:
         print(rootless.NO_CGROUP_WARNING, file=sys.stderr)
-    return dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, memory=None))
+    return records.replace(spec, resources=records.replace(spec.resources, memory=None))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,11 +11,11 @@ import enum
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vortex.cgroups.base import DeviceLimit
 from vortex.errors import SpecError
+from vortex.records import field, record
 from vortex.security.options import SecurityOptions
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -49,7 +49,7 @@ class Stdio(enum.Enum):
     """Connect to /dev/null."""
 
 
-@dataclass(frozen=True)
+@record
 class Resources:
     """Limits for the container's cgroup.  ``None`` (or empty) means unlimited.
 
@@ -77,13 +77,13 @@ class Resources:
     """Raw cgroup v2 files and values, e.g. ``{"memory.min": "67108864"}``."""
 
 
-@dataclass(frozen=True)
+@record
 class User:
     uid: int = 0
     gid: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class ContainerSpec:
     """Everything needed to start one container.
 

@@ -20,16 +20,16 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vortex import records
 from vortex.errors import StateError
 from vortex.userns import IdBlocks
 
 DEFAULT_STATE_DIR = "/run/vortex"
 
 
-@dataclass(frozen=True)
+@records.record
 class ContainerRecord:
     id: str
     name: str
@@ -77,7 +77,7 @@ class StateDir:
             container_id, name, self.owner_pid, self.owner_start_time, cgroup, cgroup_parent
         )
         temporary = self.path / f".{container_id}.tmp"
-        temporary.write_text(json.dumps(asdict(record)))
+        temporary.write_text(json.dumps(records.as_dict(record)))
         os.replace(temporary, self.path / f"{container_id}.json")
 
     def forget(self, container_id: str) -> None:

@@ -27,10 +27,10 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from vortex.errors import IdMappingError, StateError
+from vortex.records import record
 
 BLOCK_SIZE = 65536
 """Ids per container: the whole POSIX range a distribution expects (0 to nobody 65534)."""
@@ -39,7 +39,7 @@ IdRange = tuple[int, int]
 """(first host id, count)."""
 
 
-@dataclass(frozen=True)
+@record
 class Allocation:
     container_id: str
     owner_pid: int

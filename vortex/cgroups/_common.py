@@ -21,10 +21,10 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from vortex.cgroups.base import DeviceLimit, Limits
 from vortex.errors import CgroupError
+from vortex.records import record
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 DEFAULT_PARENT = "vortex"
@@ -117,7 +117,7 @@ def cpu_max_value(cpus: float, period_us: int = CFS_PERIOD_US) -> str:
     return f"{cfs_quota_us(cpus, period_us)} {period_us}"
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     """One line of ``/proc/self/mountinfo``, reduced to what cgroup discovery needs."""
 
@@ -484,7 +484,7 @@ def _check_extended_limits(limits: Limits) -> None:
             )
 
 
-@dataclass(frozen=True)
+@record
 class Write:
     """One value a backend writes for a requested limit.
 

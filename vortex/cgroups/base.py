@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from vortex.records import field, record
 
 
-@dataclass(frozen=True)
+@record
 class DeviceLimit:
     """An I/O throttle on one block device (``--device-read-bps`` and friends)."""
 
@@ -22,7 +23,7 @@ class DeviceLimit:
     """Bytes per second (``*_bps``) or operations per second (``*_iops``)."""
 
 
-@dataclass(frozen=True)
+@record
 class Limits:
     """Resource limits of one container; ``None`` (or empty) means "no limit".
 
@@ -60,7 +61,7 @@ class Limits:
     """Raw cgroup v2 files and values (``{"memory.min": "1073741824"}``), written last; v2 only."""
 
 
-@dataclass(frozen=True)
+@record
 class CgroupStats:
     """Counters read from a container's cgroup; ``None`` where unavailable."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import io
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from vortex import log
+from vortex import log, records
 from vortex.cgroups import warmup
 from vortex.daemon.protocol import EXIT, FALLBACK, MAX_PACKET, RUN, SIG, decode, encode
 from vortex.errors import DaemonError, VortexError
@@ -133,8 +132,8 @@ def client_spec(cwd: str, argv: list[str], fds: list[int]) -> ContainerSpec:
         spec = spec_from_args(args)
         security, profile = spec.security, spec.security.seccomp_file
         if profile is not None:
-            security = dataclasses.replace(security, seccomp=os.path.join(cwd, profile))
-        spec = dataclasses.replace(
+            security = records.replace(security, seccomp=os.path.join(cwd, profile))
+        spec = records.replace(
             spec,
             rootfs=Path(cwd, spec.rootfs),
             stdin=fds[0],

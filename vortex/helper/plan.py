@@ -8,16 +8,16 @@ not in the plan: they travel in a fixed order, see :data:`FD_ORDER`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from vortex.ops import SetupOp
+from vortex.records import field, record
 from vortex.security.policy import InitSecurity
 
 FD_ORDER = ("sync", "errors", "stdin", "stdout", "stderr")
 """Order of the fds sent with every request; optional ones (console, cgroup) follow."""
 
 
-@dataclass(frozen=True)
+@record
 class InitPlan:
     """What the container init does between clone and execve."""
 
@@ -34,7 +34,7 @@ class InitPlan:
     """Capabilities, seccomp, masked paths, rlimits; ``None`` applies none."""
 
 
-@dataclass(frozen=True)
+@record
 class SpawnRequest:
     plan: InitPlan
     clone_flags: int

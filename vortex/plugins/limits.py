@@ -8,9 +8,9 @@ continues) the command never runs a single instruction unlimited.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
+from vortex import records
 from vortex.cgroups.base import Limits
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
@@ -19,7 +19,7 @@ from vortex.spec import Resources
 
 def limits_of(resources: Resources) -> Limits:
     """The cgroup Limits for a spec's Resources (the same field names)."""
-    return Limits(**{f.name: getattr(resources, f.name) for f in dataclasses.fields(Limits)})
+    return Limits(**{f.name: getattr(resources, f.name) for f in records.fields(Limits)})
 
 
 @hookimpl(tryfirst=True)

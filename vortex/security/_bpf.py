@@ -16,7 +16,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from dataclasses import dataclass
+
+from vortex.records import record
 
 # commands (enum bpf_cmd)
 BPF_PROG_LOAD = 5
@@ -105,7 +106,7 @@ class _ProgInfo(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True)
+@record
 class ProgramInfo:
     """What the kernel tells about a loaded program."""
 

@@ -41,9 +41,9 @@ import functools
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from vortex.errors import CgroupError
+from vortex.records import record
 from vortex.security import _bpf
 from vortex.security.devices import ALLOWED_DEVICES, DeviceRule, parse_rule
 
@@ -69,7 +69,7 @@ R0, R1, R2, R3, R4, R5 = range(6)
 _VERIFIER_LOG_SIZE = 1 << 18
 
 
-@dataclass(frozen=True)
+@record
 class Insn:
     """One ``struct bpf_insn``: u8 code, u8 dst_reg:4 + src_reg:4, s16 off, s32 imm."""
 

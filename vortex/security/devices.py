@@ -28,10 +28,10 @@ import errno
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from vortex.cgroups._common import find_v1_hierarchies
 from vortex.errors import CgroupError, SpecError
+from vortex.records import record
 
 ALLOWED_DEVICES: tuple[str, ...] = (
     "c *:* m",  # mknod of character devices (opening them is another matter)
@@ -53,7 +53,7 @@ MAX_MINOR = (1 << 20) - 1
 """The largest numbers a dev_t holds (MAJOR/MINOR of include/linux/kdev_t.h)."""
 
 
-@dataclass(frozen=True)
+@record
 class DeviceRule:
     """One allow rule of a devices list, e.g. ``c 136:* rwm``.
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vortex.errors import SpecError
+from vortex.records import field, record
 from vortex.security import capabilities
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ RLIMITS: dict[str, int] = {
 UNLIMITED = resource.RLIM_INFINITY
 
 
-@dataclass(frozen=True)
+@record
 class LiteralSecurity:
     """A security configuration taken literally: nothing is added to it, no default.
 
@@ -65,7 +65,7 @@ class LiteralSecurity:
     oom_score_adj: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class SecurityOptions:
     """Security settings of one container.  The defaults are the secure ones."""
 

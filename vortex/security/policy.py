@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from vortex.errors import SpecError
+from vortex.records import field, record
 from vortex.security import capabilities
 from vortex.security.options import RLIMITS
 
@@ -49,7 +49,7 @@ DEFAULT_NOFILE = (1024, 524288)
 """The default ``nofile`` rlimit (systemd's and containerd's), lowered to the host's hard limit."""
 
 
-@dataclass
+@record(frozen=False)
 class SecurityPolicy:
     """Mutable: ``vortex_security`` hooks edit it in place."""
 
@@ -136,7 +136,7 @@ class SecurityPolicy:
         )
 
 
-@dataclass(frozen=True)
+@record
 class InitSecurity:
     """What the container init applies (see vortex/helper/init.py for the order)."""
 

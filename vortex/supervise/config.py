@@ -26,11 +26,11 @@ import re
 import signal
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vortex.errors import SpecError, VortexError
+from vortex.records import field, record
 from vortex.security.options import SecurityOptions, options_from_mapping
 from vortex.spec import DEFAULT_MEMORY_LIMIT, DEFAULT_PATH, ENV_NAME_RE, HOSTNAME_RE, parse_size
 
@@ -75,7 +75,7 @@ class ConfigError(VortexError):
         super().__init__(head + ":\n  " + "\n  ".join(problems))
 
 
-@dataclass(frozen=True)
+@record
 class Backoff:
     initial: float = 0.5
     """Seconds before the first restart."""
@@ -90,7 +90,7 @@ class Backoff:
         return float(min(self.max, self.initial * self.multiplier**attempt))
 
 
-@dataclass(frozen=True)
+@record
 class LogSettings:
     max_size: int = 10 * 1024 * 1024
     max_files: int = 3
@@ -99,7 +99,7 @@ class LogSettings:
     """Also print each line to the supervisor's stdout, prefixed with the name."""
 
 
-@dataclass(frozen=True)
+@record
 class HealthCheck:
     """A command run inside the running container (its namespaces and cgroup)."""
 
@@ -115,7 +115,7 @@ class HealthCheck:
     """Seconds after the start during which failures do not count."""
 
 
-@dataclass(frozen=True)
+@record
 class ServiceConfig:
     name: str
     rootfs: Path
@@ -141,13 +141,13 @@ class ServiceConfig:
     """The ``security`` table: the same settings as vortex run's security flags."""
 
 
-@dataclass(frozen=True)
+@record
 class SupervisorConfig:
     metrics_address: tuple[str, int] | None = None
     log_dir: Path | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     path: Path
     supervisor: SupervisorConfig
