@@ -8,7 +8,10 @@ particular to running without the Runtime.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from vortex.errors import ExecError, PluginError, SpecError
 from vortex.hookspecs import hookimpl
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec, Stdio
+
+REPO = Path(__file__).resolve().parents[1]
 
 FRESH_PROCESS_RUN = """
 import json, sys
@@ -215,6 +220,52 @@ def test_cli_run_imports_no_event_loop(rootfs: Path, tty: list[str]) -> None:
         "dataclasses",
     }
     assert not heavy & imported, sorted(heavy & imported)
+
+
+WITHOUT_SITE_RUN = """
+import sys
+from vortex.cli import run_cli
+status = run_cli(["run", sys.argv[1], "/bin/true"])
+print(" ".join(m for m in ("shutil", "bz2", "lzma", "dataclasses") if m in sys.modules))
+sys.exit(status)
+"""
+
+
+def test_cli_run_without_site_imports_no_archive_modules(rootfs: Path) -> None:
+    """This machine's site hooks import shutil themselves; a clean interpreter
+    (``-S``, the package and its dependencies on PYTHONPATH) shows what Vortex
+    imports: not shutil, which argparse's help formatter would import (with bz2,
+    lzma and zlib) unless given a width (cli.help_formatter)."""
+    purelib = sysconfig.get_paths()["purelib"]
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", WITHOUT_SITE_RUN, str(rootfs)],
+        env={"PYTHONPATH": f"{REPO}:{purelib}", "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def help_lines(columns: int) -> list[str]:
+    done = subprocess.run(
+        [*VORTEX, "run", "--help"],
+        env={**os.environ, "COLUMNS": str(columns)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # Group titles are never wrapped; usage and option lines are indented or "usage:".
+    return [line for line in done.stdout.splitlines() if line.startswith((" ", "usage:"))]
+
+
+def test_help_follows_the_terminal_width() -> None:
+    narrow, wide = help_lines(50), help_lines(160)
+    assert len(narrow) > len(wide) > 20
+    assert max(map(len, narrow)) <= 50 < max(map(len, wide)), narrow
 
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory/cgroup.procs")
