@@ -102,6 +102,11 @@ int main(int argc, char **argv) {
     const char *base = v2 ? "/sys/fs/cgroup/vortex-bench-ref" : "/sys/fs/cgroup/memory/vortex-bench-ref";
     char cgroup[256], file[320], pid_text[32];
     if (mkdir(base, 0755) < 0 && errno != EEXIST) die(base);
+    if (v2) {
+        /* v2: the memory controller must be enabled for the children of base */
+        snprintf(file, sizeof file, "%s/cgroup.subtree_control", base);
+        write_file(file, "+memory");
+    }
     snprintf(cgroup, sizeof cgroup, "%s/%d", base, (int)getpid());
     if (mkdir(cgroup, 0755) < 0) die(cgroup);
     snprintf(file, sizeof file, "%s/%s", cgroup, v2 ? "memory.max" : "memory.limit_in_bytes");
