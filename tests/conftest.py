@@ -282,3 +282,45 @@ def check_oom_logged_while_running(rootfs: Path, *run_options: str) -> None:
     assert events[names.index("container.oom")]["oom_kills"] >= 1
     exited = events[names.index("container.exited")]
     assert exited["exit_code"] == 3 and exited["oom_killed"] is False
+
+
+async def check_kill_all_returns_without_waiting(
+    rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Container.kill_all`` runs on the event loop: it only sends the signals and
+    never waits for the kernel (the cgroup backends wait with ``wait_until``); the
+    exits still come, through ``wait()``, and nothing is left behind."""
+    import signal
+
+    import anyio
+
+    import vortex
+    from vortex.cgroups import _common, v1, v2
+    from vortex.spec import ContainerSpec, Stdio
+
+    waits: list[str] = []
+
+    def record_wait(*args: object, **kwargs: object) -> bool:
+        waits.append("wait_until")
+        return True
+
+    script = "sleep 100 & sleep 100 & echo ready; wait"
+    async with vortex.Runtime() as rt:
+        container = await rt.start(
+            ContainerSpec(rootfs=rootfs, command=["/bin/sh", "-c", script], stdout=Stdio.STREAM)
+        )
+        assert container.stdout is not None and container.cgroup is not None
+        try:
+            assert (await container.stdout.receive()).startswith(b"ready")
+            assert len(container.cgroup.procs()) == 3
+            with monkeypatch.context() as patched:
+                for module in (_common, v1, v2):
+                    patched.setattr(module, "wait_until", record_wait)
+                container.kill_all()
+            assert waits == []
+            with anyio.fail_after(30):
+                result = await container.wait()
+        finally:
+            await container.stdout.aclose()
+    assert result.signal == signal.SIGKILL
+    assert container.cgroup.procs() == []

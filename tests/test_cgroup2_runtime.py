@@ -18,7 +18,13 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import OOM_CHILD, check_oom_logged_while_running, run_vortex, vortex_cgroups
+from tests.conftest import (
+    OOM_CHILD,
+    check_kill_all_returns_without_waiting,
+    check_oom_logged_while_running,
+    run_vortex,
+    vortex_cgroups,
+)
 from vortex.cgroups import MissingControllerError
 from vortex.cgroups.v2 import V2Cgroup
 from vortex.errors import PluginError
@@ -340,3 +346,10 @@ def test_delegated_cgroup_is_used_with_the_runtime_in_a_leaf(rootfs: Path) -> No
             if os.path.isdir(path):
                 os.rmdir(path)
         os.rmdir(slice_path)
+
+
+@pytest.mark.anyio
+async def test_kill_all_does_not_wait_on_the_event_loop(
+    rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await check_kill_all_returns_without_waiting(rootfs, monkeypatch)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import vortex
-from tests.conftest import OOM_CHILD, run_vortex
+from tests.conftest import OOM_CHILD, check_kill_all_returns_without_waiting, run_vortex
 from vortex.cgroups import CgroupError, Limits, MissingControllerError
 from vortex.cgroups._common import (
     check_limits,
@@ -389,3 +389,11 @@ def test_parent_resolution(tmp_path: Path) -> None:
         proc.write_text(own)
         assert resolve_parent(str(tmp_path), "auto", str(proc)) == expected, own
     assert resolve_parent(str(tmp_path), "my/parent", str(proc)) == "my/parent"
+
+
+@needs_v1
+@pytest.mark.anyio
+async def test_v1_kill_all_does_not_wait_on_the_event_loop(
+    rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await check_kill_all_returns_without_waiting(rootfs, monkeypatch)

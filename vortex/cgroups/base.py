@@ -118,7 +118,16 @@ class Cgroup(abc.ABC):
 
     @abc.abstractmethod
     def kill(self) -> None:
-        """SIGKILL every process in the cgroup."""
+        """SIGKILL every process in the cgroup and wait until it is empty."""
+
+    @abc.abstractmethod
+    def send_kill(self) -> None:
+        """SIGKILL every process in the cgroup, without waiting for them to exit.
+
+        For callers on an event loop (:meth:`vortex.Container.kill_all`): the exits
+        are awaited through the init's pidfd, and :meth:`kill` after the reap makes
+        sure nothing is left.  A paused cgroup is thawed so that the signal acts.
+        """
 
     @abc.abstractmethod
     def freeze(self) -> None:

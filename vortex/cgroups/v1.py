@@ -324,6 +324,15 @@ class V1Cgroup(Cgroup):
                     "they may be stuck in the kernel (state D)"
                 )
 
+    def send_kill(self) -> None:
+        """One SIGKILL per PID, then thaw: a task frozen by the v1 freezer sleeps
+        through SIGKILL until it is thawed.  Without the freeze of :meth:`kill`, a
+        process forked meanwhile may survive this round; the container's PID
+        namespace dies with its init anyway, and :meth:`kill` after the reap
+        catches anything else."""
+        sigkill_all(self._subtree_pids())
+        self._set_frozen(False)
+
     def _subtree_pids(self) -> set[int]:
         """PIDs in the cgroup and in any child cgroups created below it (nested runtimes)."""
         pids: set[int] = set()

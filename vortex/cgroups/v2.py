@@ -250,6 +250,16 @@ class V2Cgroup(Cgroup):
             "in the kernel (state D)"
         )
 
+    def send_kill(self) -> None:
+        """cgroup.kill, or one SIGKILL per PID; frozen tasks die too (v2 freezer)."""
+        if not os.path.isdir(self.path):
+            return
+        kill_file = self._file("cgroup.kill")
+        if os.path.exists(kill_file):
+            write_file(kill_file, "1")
+        else:
+            sigkill_all(subtree_pids(self.path))
+
     def remove(self) -> None:
         """Kill leftovers and rmdir the cgroup (and any child cgroups); a missing one is fine."""
         if not os.path.isdir(self.path):
