@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vortex.cgroups.base import DeviceLimit
+from vortex.cgroups.base import Limits
 from vortex.errors import SpecError
 from vortex.records import field, record
 from vortex.security.options import SecurityOptions
@@ -50,31 +50,16 @@ class Stdio(enum.Enum):
 
 
 @record
-class Resources:
+class Resources(Limits):
     """Limits for the container's cgroup.  ``None`` (or empty) means unlimited.
 
-    The fields after ``cpus`` are those of :class:`vortex.cgroups.Limits`;
-    docs/cgroups.md maps each to its flag and its v2/v1 files.
+    The fields are those of :class:`vortex.cgroups.Limits`, which the cgroup
+    backends apply; only the default differs: the memory limit is 100 MB, as in
+    the original runtime (``memory=None`` for none).  docs/cgroups.md maps each
+    field to its flag and its v2/v1 files.
     """
 
     memory: int | None = DEFAULT_MEMORY_LIMIT
-    pids: int | None = None
-    cpus: float | None = None
-    memory_high: int | None = None
-    memory_swap: int | None = None
-    """Memory plus swap (docker's --memory-swap); -1: unlimited swap."""
-    memory_reservation: int | None = None
-    cpu_shares: int | None = None
-    cpuset_cpus: str | None = None
-    cpuset_mems: str | None = None
-    blkio_weight: int | None = None
-    device_read_bps: tuple[DeviceLimit, ...] = ()
-    device_write_bps: tuple[DeviceLimit, ...] = ()
-    device_read_iops: tuple[DeviceLimit, ...] = ()
-    device_write_iops: tuple[DeviceLimit, ...] = ()
-    hugetlb: tuple[tuple[str, int], ...] = ()
-    unified: Mapping[str, str] = field(default_factory=dict)
-    """Raw cgroup v2 files and values, e.g. ``{"memory.min": "67108864"}``."""
 
 
 @record

@@ -14,18 +14,14 @@ from vortex import records
 from vortex.cgroups.base import Limits
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
-from vortex.spec import Resources
 
-
-def limits_of(resources: Resources) -> Limits:
-    """The cgroup Limits for a spec's Resources (the same field names)."""
-    return Limits(**{f.name: getattr(resources, f.name) for f in records.fields(Limits)})
+NO_LIMITS = records.as_dict(Limits())
 
 
 @hookimpl(tryfirst=True)
 def vortex_prepare(container: Container) -> None:
-    limits = limits_of(container.spec.resources)
-    if limits == Limits():
+    limits = container.spec.resources  # a Limits with Vortex's default memory limit
+    if records.as_dict(limits) == NO_LIMITS:
         return
     if container.cgroup is None:
         # Rootless without a delegated cgroup: a requested limit is never skipped
