@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import pickle
 from pathlib import Path
 from typing import ClassVar
@@ -143,3 +144,11 @@ def test_a_required_field_after_a_default_is_refused() -> None:
 def test_field_takes_one_kind_of_default() -> None:
     with pytest.raises(TypeError, match="a default or a default_factory, not both"):
         field(default=1, default_factory=int)
+
+
+def test_the_constructor_signature_is_shown_by_inspect_and_help() -> None:
+    assert str(inspect.signature(Point3)) == (
+        "(x: 'int', y: 'int' = 0, tags: 'list[str]' = <factory>, z: 'int' = 0) -> None"
+    )
+    with pytest.raises(AttributeError):
+        Point(1).__signature__  # noqa: B018  (as for any instance: it is not callable)

@@ -52,12 +52,20 @@ class Field:
     """One field of a record: its name and default (:data:`MISSING` when required)."""
 
     # Not a NamedTuple: creating one costs as much as the dataclass it replaces.
-    __slots__ = ("default", "default_factory", "name")
+    __slots__ = ("annotation", "default", "default_factory", "name")
 
-    def __init__(self, name: str, default: Any, default_factory: Callable[[], Any] | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        default: Any,
+        default_factory: Callable[[], Any] | None,
+        annotation: object = None,
+    ) -> None:
         self.name = name
         self.default = default
         self.default_factory = default_factory
+        self.annotation = annotation
+        """As written in the class (a string under ``from __future__ import annotations``)."""
 
     def __repr__(self) -> str:
         return f"Field({self.name!r}, default={self.default!r})"
@@ -96,6 +104,7 @@ def record(cls: type[_T] | None = None, /, *, frozen: bool = True) -> Any:
         target.__record_fields__ = table
         target.__match_args__ = tuple(f.name for f in table)  # type: ignore[misc]
         target.__init__ = _init
+        target.__signature__ = _SIGNATURE
         if "__repr__" not in cls.__dict__:
             target.__repr__ = _repr
         if "__eq__" not in cls.__dict__:
@@ -132,7 +141,7 @@ def _collect_fields(cls: type) -> tuple[Field, ...]:
                 delattr(cls, name)  # no class attribute for a factory-made default
             else:
                 setattr(cls, name, default)
-        table[name] = Field(name, default, factory)
+        table[name] = Field(name, default, factory, annotation)
     required_after_default = False
     for f in table.values():
         has_default = f.default is not MISSING or f.default_factory is not None
@@ -168,6 +177,42 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
             f"{cls.__name__}() got an unexpected keyword argument {next(iter(kwargs))!r}"
         )
+
+
+class _Signature:
+    """The constructor's signature for ``inspect.signature`` and ``help()``, built when
+    asked: the shared ``__init__`` itself only says ``(*args, **kwargs)``."""
+
+    def __get__(self, obj: object, cls: type) -> Any:
+        import inspect  # only for the caller who asks
+
+        if obj is not None:
+            raise AttributeError("__signature__")  # an instance is not callable
+        parameters = []
+        for f in fields(cls):
+            default: object
+            if f.default_factory is not None:
+                default = _FACTORY
+            else:
+                default = inspect.Parameter.empty if f.default is MISSING else f.default
+            parameters.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=default,
+                    annotation=f.annotation,
+                )
+            )
+        return inspect.Signature(parameters, return_annotation=None)
+
+
+class _Factory:
+    def __repr__(self) -> str:
+        return "<factory>"  # what dataclasses show for a default_factory
+
+
+_FACTORY = _Factory()
+_SIGNATURE = _Signature()
 
 
 def _values(self: Any) -> tuple[Any, ...]:
