@@ -15,6 +15,10 @@ cold
     filesystem: ``vortex run`` vs ``runc run``, ``crun run``, ``bwrap``, the C
     program and ``python -c pass``; wall time around spawn+wait, CPU time from
     ``getrusage(RUSAGE_CHILDREN)`` (the process and everything it reaped).
+    Each start follows a pause (``--settle``, 100 ms): on a cgroup v1 host the
+    first cgroup migration after a quiet moment waits for an RCU grace period
+    (docs/performance.md), and back to back, a subject would inherit a warm
+    kernel lock from the one before it and the next would not.
 sequential, concurrent
     containers per second: the library (one warm process, ``Runtime.run``
     back to back, see worker.py) vs the tools exec'd once per container, in
@@ -297,10 +301,11 @@ def run_once(subject: Subject, round_: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def cold(found: list[Subject], runs: int, warmup: int) -> dict[str, Samples]:
+def cold(found: list[Subject], runs: int, warmup: int, settle: float) -> dict[str, Samples]:
     results = {s.name: Samples() for s in found}
     for round_ in range(warmup + runs):
         for subject in found:
+            time.sleep(settle)
             wall, cpu = run_once(subject, round_)
             if round_ >= warmup:
                 results[subject.name].wall.append(wall)
@@ -575,6 +580,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--live", type=int, default=500, help="idle containers during exit test")
     parser.add_argument("--samples", type=int, default=200, help="measured exits")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=100,
+        help="ms of pause before each cold start (0: back to back)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("benchmarks: run as root (containers need namespaces and cgroups)")
@@ -595,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        cold_results = cold(found, args.cold_runs, args.warmup)
+        cold_results = cold(found, args.cold_runs, args.warmup, args.settle / 1000)
     finally:
         daemon.close()
     print(f"\n{report_cold(cold_results)}", flush=True)
