@@ -7,8 +7,8 @@ about 25 of them before the container starts, and ``dataclasses`` writes the
 ``__init__``, ``__repr__``, ``__eq__``, ``__hash__``, ``__setattr__`` and
 ``__delattr__`` of every class as source text and compiles it with ``exec`` (0.6 ms
 per frozen class here), after importing ``inspect`` (with ``ast``, ``dis`` and
-``tokenize``, ~7 ms). Together that was ~25 ms, a quarter of the whole cold start
-(docs/performance.md).
+``tokenize``, ~7 ms). Records instead made a cold start ~20 ms faster, a fifth of
+it (docs/performance.md).
 
 A record gets the same behaviour from functions written once in this module: they
 read the class's field table (``__record_fields__``) instead of being generated for
@@ -49,7 +49,9 @@ class FrozenInstanceError(AttributeError):
 
 
 class Field:
-    """One field of a record: its name and default (:data:`MISSING` when required)."""
+    """One field of a record: its name, its default (:data:`MISSING` when required)
+    or default factory, and its annotation as written in the class (a string
+    under ``from __future__ import annotations``)."""
 
     # Not a NamedTuple: creating one costs as much as the dataclass it replaces.
     __slots__ = ("annotation", "default", "default_factory", "name")
@@ -65,7 +67,6 @@ class Field:
         self.default = default
         self.default_factory = default_factory
         self.annotation = annotation
-        """As written in the class (a string under ``from __future__ import annotations``)."""
 
     def __repr__(self) -> str:
         return f"Field({self.name!r}, default={self.default!r})"
@@ -158,8 +159,8 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     table: tuple[Field, ...] = cls.__record_fields__
     if len(args) > len(table):
         raise TypeError(f"{cls.__name__}() takes {len(table)} arguments, {len(args)} were given")
-    for position, spec in enumerate(table):
-        name, default, factory = spec.name, spec.default, spec.default_factory
+    for position, f in enumerate(table):
+        name, default, factory = f.name, f.default, f.default_factory
         if position < len(args):
             if name in kwargs:
                 raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
