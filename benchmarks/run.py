@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import platform
@@ -57,6 +58,9 @@ from benchmarks.proccpu import process_cpu
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HYBRID_CGROUP2 = "/sys/fs/cgroup/unified"
+REF_CGROUP_PARENTS = ("/sys/fs/cgroup/vortex-bench-ref", "/sys/fs/cgroup/memory/vortex-bench-ref")
+"""Where refcontainer.c creates its cgroups (v2, v1): it removes each run's own, and
+the benchmark removes the parent when it is done."""
 MEMORY_LIMIT = 100 << 20
 
 
@@ -566,6 +570,35 @@ def plot(data: dict[str, Any], path: Path) -> str:
 # --------------------------------------------------------------------- main
 
 
+def measure(
+    args: argparse.Namespace, found: list[Subject], daemon: Daemon, rootfs: Path, out: Path
+) -> tuple[dict[str, Samples], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Every measurement, printed as it completes: cold, sequential, concurrent, exit."""
+    try:
+        cold_results = cold(found, args.cold_runs, args.warmup, args.settle / 1000)
+    finally:
+        daemon.close()
+    print(f"\n{report_cold(cold_results)}", flush=True)
+    worker = Worker(rootfs)
+    try:
+        sequential = throughput(worker, found, args.containers, args.batch, 1, args.warmup)
+        print(f"\n{report_throughput(sequential, 'one after another')}", flush=True)
+        parallel = throughput(
+            worker, found, args.containers, args.batch, args.concurrency, args.warmup
+        )
+        title = f"concurrency {args.concurrency}"
+        print(f"\n{report_throughput(parallel, title)}", flush=True)
+        stamps = out / "exit-stamps.txt"
+        stamps.unlink(missing_ok=True)
+        exits = worker.ask(
+            op="exit_latency", live=args.live, samples=args.samples, stamps=str(stamps)
+        )
+        print(f"\n{report_exit(exits)}", flush=True)
+    finally:
+        worker.close()
+    return cold_results, sequential, parallel, exits
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
@@ -606,27 +639,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        cold_results = cold(found, args.cold_runs, args.warmup, args.settle / 1000)
+        cold_results, sequential, parallel, exits = measure(args, found, daemon, rootfs, out)
     finally:
-        daemon.close()
-    print(f"\n{report_cold(cold_results)}", flush=True)
-    worker = Worker(rootfs)
-    try:
-        sequential = throughput(worker, found, args.containers, args.batch, 1, args.warmup)
-        print(f"\n{report_throughput(sequential, 'one after another')}", flush=True)
-        parallel = throughput(
-            worker, found, args.containers, args.batch, args.concurrency, args.warmup
-        )
-        title = f"concurrency {args.concurrency}"
-        print(f"\n{report_throughput(parallel, title)}", flush=True)
-        stamps = out / "exit-stamps.txt"
-        stamps.unlink(missing_ok=True)
-        exits = worker.ask(
-            op="exit_latency", live=args.live, samples=args.samples, stamps=str(stamps)
-        )
-        print(f"\n{report_exit(exits)}", flush=True)
-    finally:
-        worker.close()
+        for parent in REF_CGROUP_PARENTS:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(parent)
 
     data = {
         "machine": info,

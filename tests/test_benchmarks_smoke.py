@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.run import REF_CGROUP_PARENTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
@@ -45,6 +47,7 @@ def run_benchmarks_smoke(out: Path, timeout: float, max_exit_latency: float) -> 
     assert len(data["exit"]["steady"]) == 5
     assert all(0 < latency < max_exit_latency for latency in data["exit"]["steady"])
     assert "| vortex " in proc.stdout
+    assert not [p for p in REF_CGROUP_PARENTS if os.path.exists(p)], "cgroups left behind"
 
 
 def test_benchmarks_run_end_to_end(tmp_path: Path) -> None:
