@@ -235,7 +235,7 @@ def test_cli_run_without_site_imports_no_archive_modules(rootfs: Path) -> None:
     """This machine's site hooks import shutil themselves; a clean interpreter
     (``-S``, the package and its dependencies on PYTHONPATH) shows what Vortex
     imports: not shutil, which argparse's help formatter would import (with bz2,
-    lzma and zlib) unless given a width (cli.help_formatter)."""
+    lzma and zlib) unless given a width (cli.help_width)."""
     purelib = sysconfig.get_paths()["purelib"]
     done = subprocess.run(
         [sys.executable, "-S", "-c", WITHOUT_SITE_RUN, str(rootfs)],

@@ -64,11 +64,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     argparse's "invalid choice" message are the same either way.
     """
     import argparse
+    import functools
 
+    # One width for every formatter argparse builds (one per option it adds).
+    formatter = functools.partial(argparse.HelpFormatter, width=help_width())
     parser = argparse.ArgumentParser(
         prog="vortex",
         description="Run Linux containers (namespaces, cgroups, pivot_root).",
-        formatter_class=help_formatter,
+        formatter_class=formatter,
     )
     parser.add_argument(
         "--log-level", default="warning", help="debug, info, warning (default), error"
@@ -83,21 +86,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(
-            name, help=help_text, description=help_text, formatter_class=help_formatter
+            name, help=help_text, description=help_text, formatter_class=formatter
         )
         if only is None or only == name:
             importlib.import_module(module).configure_parser(command)
     return parser
 
 
-def help_formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's help formatter, as wide as the terminal, found without ``shutil``.
+def help_width() -> int:
+    """The width for argparse's help: the terminal's, less 2, found without ``shutil``.
 
-    argparse builds a formatter for every option it adds and, given no width,
-    imports shutil to ask for the terminal's; shutil imports zlib, bz2 and lzma:
-    ~2 ms of every cold start. The width is found the way shutil does it.
+    Given no width, argparse's formatter imports shutil to ask for the terminal's;
+    shutil imports zlib, bz2 and lzma: ~2 ms of every cold start. The width is
+    found the way shutil does it.
     """
-    import argparse
     import os
 
     try:
@@ -109,7 +111,7 @@ def help_formatter(prog: str) -> argparse.HelpFormatter:
             columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):
             columns = 0
-    return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
+    return (columns or 80) - 2
 
 
 def main(argv: Sequence[str] | None = None) -> None:
