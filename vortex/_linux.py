@@ -161,6 +161,25 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+# sethostname and socket here rather than through ``_socket``: loading that
+# extension module costs a cold start ~0.6 ms for these two calls.
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+
+AF_INET = 2
+SOCK_DGRAM = 2
+
+
+def sethostname(name: str) -> None:
+    encoded = os.fsencode(name)  # as socket.sethostname encodes it
+    _check(_libc.sethostname(encoded, len(encoded)), "sethostname")
+
+
+def socket(family: int, kind: int, protocol: int = 0) -> int:
+    """A new socket's file descriptor, close-on-exec (as Python's sockets are)."""
+    return _check(_libc.socket(family, kind | os.O_CLOEXEC, protocol), "socket")
+
+
 def is_single_threaded() -> bool:
     """Whether this process has exactly one thread, by the kernel's count: also
     threads that ``threading`` does not know (started with ``_thread`` or in C).

@@ -6,14 +6,13 @@ import contextlib
 import fcntl
 import signal
 import struct
-import termios
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from vortex.errors import ContainerStateError
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import anyio
     import anyio.abc
@@ -156,6 +155,8 @@ class Container:
     def resize(self, rows: int, columns: int) -> None:
         """Set the window size of the container's terminal (SIGWINCH inside)."""
         if self.terminal_fd is not None:
+            import termios  # here: most containers have no terminal (a cold start's ms)
+
             with contextlib.suppress(OSError):
                 fcntl.ioctl(
                     self.terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0)

@@ -15,10 +15,14 @@ CLI, or by a program that wants Vortex's events.
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal, TextIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any, Literal, TextIO
+
+    LogFormat = Literal["auto", "console", "json"]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-LogFormat = Literal["auto", "console", "json"]
 
 _threshold = LEVELS["warning"]
 _format: LogFormat = "auto"

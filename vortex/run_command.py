@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
 from vortex.errors import EXIT_RUNTIME_ERROR
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from typing import Any
 
     from vortex.container import Container
     from vortex.result import RunResult
@@ -63,8 +64,6 @@ def configure_parser(run: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
-    from pathlib import Path
-
     from vortex.errors import SpecError
     from vortex.security.cli import options_from_args as security_options_from_args
     from vortex.spec import (
@@ -98,7 +97,7 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
         )
     tty = args.tty if args.tty is not None else (os.isatty(0) and os.isatty(1))
     return ContainerSpec(
-        rootfs=Path(args.rootfs),
+        rootfs=args.rootfs,
         command=list(args.command),
         env=parse_env(args.env),
         workdir=args.workdir,

@@ -11,7 +11,6 @@ import enum
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from vortex.cgroups.base import Limits
 from vortex.errors import SpecError
@@ -75,7 +74,9 @@ class ContainerSpec:
     Build it directly (library) or with :func:`build_spec` from strings (CLI).
     """
 
-    rootfs: Path
+    rootfs: str | os.PathLike[str]
+    """A directory path, str or path-like (``pathlib.Path``); relative to the
+    current directory when relative."""
     command: Sequence[str]
     env: Mapping[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH})
     workdir: str = "/"
@@ -105,14 +106,16 @@ class ContainerSpec:
             raise SpecError("no command given: pass the program to run after the rootfs")
         if any("\0" in arg for arg in self.command):
             raise SpecError("command arguments must not contain NUL bytes")
-        rootfs = Path(self.rootfs)
-        if not rootfs.exists():
+        rootfs = os.fspath(self.rootfs)
+        if not isinstance(rootfs, str):
+            raise SpecError(f"rootfs {rootfs!r} must be a str or path-like (pathlib.Path)")
+        if not os.path.exists(rootfs):
             raise SpecError(
-                f"rootfs {str(rootfs)!r} does not exist: create one with "
+                f"rootfs {rootfs!r} does not exist: create one with "
                 f"'vortex rootfs busybox {rootfs}'"
             )
-        if not rootfs.is_dir():
-            raise SpecError(f"rootfs {str(rootfs)!r} is not a directory: pass a directory")
+        if not os.path.isdir(rootfs):
+            raise SpecError(f"rootfs {rootfs!r} is not a directory: pass a directory")
         if not self.workdir.startswith("/"):
             raise SpecError(f"--workdir {self.workdir!r} must be an absolute path")
         for key, value in self.env.items():

@@ -20,11 +20,10 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from vortex import records
 from vortex.errors import StateError
-from vortex.userns import IdBlocks
+from vortex.userns import IdBlocks, entries_named
 
 DEFAULT_STATE_DIR = "/run/vortex"
 
@@ -54,17 +53,18 @@ def process_start_time(pid: int) -> int | None:
 
 class StateDir:
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> None:
-        self.path = Path(path) / "containers"
+        self.path = os.path.join(path, "containers")
+        """The directory of the container records (a str: no pathlib on the cold path)."""
         self.owner_pid = os.getpid()
         start = process_start_time(self.owner_pid)
         assert start is not None
         self.owner_start_time = start
-        self.userns = IdBlocks(Path(path) / "userns", self.owner_pid, start, _is_alive)
+        self.userns = IdBlocks(os.path.join(path, "userns"), self.owner_pid, start, _is_alive)
         """The ``--userns auto`` id blocks of this state directory's containers."""
 
     def _ensure(self) -> None:
         try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StateError(
                 f"cannot create the state directory {self.path}: {exc.strerror}; "
@@ -76,23 +76,23 @@ class StateDir:
         record = ContainerRecord(
             container_id, name, self.owner_pid, self.owner_start_time, cgroup, cgroup_parent
         )
-        temporary = self.path / f".{container_id}.tmp"
-        temporary.write_text(json.dumps(records.as_dict(record)))
-        os.replace(temporary, self.path / f"{container_id}.json")
+        temporary = os.path.join(self.path, f".{container_id}.tmp")
+        with open(temporary, "w") as f:
+            f.write(json.dumps(records.as_dict(record)))
+        os.replace(temporary, os.path.join(self.path, f"{container_id}.json"))
 
     def forget(self, container_id: str) -> None:
         """The container is gone: drop its record, and free its id block if it had one."""
         self.userns.release(container_id)
         with contextlib.suppress(FileNotFoundError):
-            (self.path / f"{container_id}.json").unlink()
+            os.unlink(os.path.join(self.path, f"{container_id}.json"))
 
     def records(self) -> list[ContainerRecord]:
-        if not self.path.is_dir():
-            return []
         found = []
-        for file in self.path.glob("*.json"):
+        for file in entries_named(self.path, suffix=".json"):
             try:
-                found.append(ContainerRecord(**json.loads(file.read_text())))
+                with open(file) as f:
+                    found.append(ContainerRecord(**json.loads(f.read())))
             except (OSError, ValueError, TypeError):
                 continue  # unreadable or half-written by a crashed writer: not ours to judge
         return found
@@ -106,9 +106,9 @@ class StateDir:
             remove_cgroup(record)
             self.forget(record.id)
             swept.append(record.id)
-        for leftover in self.path.glob(".*.tmp") if self.path.is_dir() else ():
+        for leftover in entries_named(self.path, prefix=".", suffix=".tmp"):
             with contextlib.suppress(OSError):
-                leftover.unlink()
+                os.unlink(leftover)
         # Blocks whose record was already gone (a crash between the two removals).
         swept.extend(i for i in self.userns.sweep_stale() if i not in swept)
         return swept

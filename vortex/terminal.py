@@ -1,4 +1,8 @@
-"""Relaying a container's pseudo-terminal to the caller's terminal."""
+"""Relaying a container's pseudo-terminal to the caller's terminal.
+
+``termios`` and ``tty`` are imported where a terminal is used: vortex.direct
+imports this module on every cold ``vortex run``, most of which have none.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,9 @@ import fcntl
 import os
 import select
 import struct
-import termios
-import tty
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import socket
 
@@ -33,6 +35,8 @@ def receive_master(console: socket.socket) -> int:
 
 def window_size(fd: int) -> tuple[int, int] | None:
     """(rows, columns) of the terminal on ``fd``, or None if it is not one."""
+    import termios
+
     try:
         rows, columns, _x, _y = struct.unpack(
             "HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
@@ -49,6 +53,9 @@ def raw_mode(fd: int) -> Iterator[None]:
     if not os.isatty(fd):
         yield
         return
+    import termios
+    import tty
+
     saved = termios.tcgetattr(fd)
     try:
         tty.setraw(fd)

@@ -27,7 +27,6 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from vortex.errors import IdMappingError, StateError
 from vortex.records import record
@@ -61,7 +60,7 @@ class IdBlocks:
 
     def __init__(
         self,
-        path: Path,
+        path: str,
         owner_pid: int,
         owner_start_time: int,
         alive: Callable[[int, int], bool],
@@ -74,8 +73,9 @@ class IdBlocks:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            lock = os.path.join(self.path, ".lock")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(
                 f"cannot use the id allocation directory {self.path}: {exc.strerror}"
@@ -88,12 +88,11 @@ class IdBlocks:
             os.close(fd)  # also releases the lock
 
     def allocations(self) -> list[Allocation]:
-        if not self.path.is_dir():
-            return []
         found = []
-        for file in self.path.glob("*.json"):
+        for file in entries_named(self.path, suffix=".json"):
             try:
-                data = json.loads(file.read_text())
+                with open(file) as f:
+                    data = json.loads(f.read())
                 found.append(
                     Allocation(
                         data["container_id"],
@@ -165,27 +164,44 @@ class IdBlocks:
             "uid": list(allocation.uid),
             "gid": list(allocation.gid),
         }
-        temporary = self.path / f".{allocation.container_id}.tmp"
+        temporary = os.path.join(self.path, f".{allocation.container_id}.tmp")
         try:
-            temporary.write_text(json.dumps(data))
-            os.replace(temporary, self.path / f"{allocation.container_id}.json")
+            with open(temporary, "w") as f:
+                f.write(json.dumps(data))
+            os.replace(temporary, os.path.join(self.path, f"{allocation.container_id}.json"))
         except OSError as exc:
             with contextlib.suppress(OSError):
-                temporary.unlink()
+                os.unlink(temporary)
             raise StateError(f"cannot record an id allocation in {self.path}: {exc}") from exc
 
     def release(self, container_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.path / f"{container_id}.json").unlink()
+            os.unlink(os.path.join(self.path, f"{container_id}.json"))
 
     def sweep_stale(self) -> list[str]:
         """Remove the allocations of dead Runtimes; returns their container ids."""
-        if not self.path.is_dir():
+        if not os.path.isdir(self.path):
             return []
         with self._locked():
             _live, swept = self._live_allocations()
             # Under the lock no write is in progress: a temporary file is a crash's.
-            for leftover in self.path.glob(".*.tmp"):
+            for leftover in entries_named(self.path, prefix=".", suffix=".tmp"):
                 with contextlib.suppress(OSError):
-                    leftover.unlink()
+                    os.unlink(leftover)
         return swept
+
+
+def entries_named(directory: str, *, suffix: str, prefix: str = "") -> list[str]:
+    """The paths of the entries of ``directory`` named ``PREFIX*SUFFIX`` (as
+    ``pathlib.Path.glob`` matches them: dot files included); none if it cannot be
+    listed. Not pathlib: it is ~4 ms of a cold ``vortex run``."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    shortest = len(prefix) + len(suffix)
+    return [
+        os.path.join(directory, name)
+        for name in names
+        if len(name) >= shortest and name.startswith(prefix) and name.endswith(suffix)
+    ]

@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from typing import TYPE_CHECKING
 
 from vortex import log
 from vortex.cgroups._common import parse_flat_keyed, read_optional
 from vortex.cgroups.base import Cgroup
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from vortex.container import Container
 

@@ -14,10 +14,13 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from typing import Any
 
 from vortex.cgroups.base import DeviceLimit
 from vortex.errors import SpecError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 _CPU_LIST_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _PAGE_SIZE_RE = re.compile(r"^\d+[KMG]B$")

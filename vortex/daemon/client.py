@@ -2,17 +2,22 @@
 
 Imported on every cold ``vortex run``, before argparse, so it uses the C
 modules ``_socket`` and ``_signal`` directly: their Python wrappers (``socket``,
-``signal``) build enums at import and cost several milliseconds here.
+``signal``) build enums at import and cost several milliseconds here. ``_socket``
+itself (~0.6 ms) is imported only once the socket's file is known to exist: a
+machine without a daemon never pays for it.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; signal's C half
-import _socket
 import os
 import sys
 
 from vortex.daemon.protocol import EXIT, FALLBACK, MAX_PACKET, RUN, SIG, decode, encode, socket_path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import _socket
 
 FORWARDED_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 """What ``vortex run`` forwards in-process as well (SIGWINCH only matters with a
@@ -29,6 +34,12 @@ def run_through_daemon(argv: list[str]) -> int | None:
     path = socket_path()
     if path is None or os.geteuid() != 0 or "-h" in argv or "--help" in argv:
         return None
+    try:
+        os.stat(path)
+    except OSError:
+        return None  # no daemon: nothing to connect to (connect would fail the same way)
+    import _socket  # here: only a machine with a daemon's socket pays for it
+
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         try:
@@ -41,6 +52,8 @@ def run_through_daemon(argv: list[str]) -> int | None:
 
 
 def _hand_over(sock: _socket.socket, argv: list[str], path: str) -> int | None:
+    import _socket  # loaded already, by run_through_daemon
+
     request = encode(RUN, os.getcwd(), *argv)
     if len(request) > MAX_PACKET:
         return None  # a command line this long is run in-process

@@ -19,7 +19,6 @@ Order matters and is the contract with the Runtime:
 
 from __future__ import annotations
 
-import _socket  # not socket: ~2 ms of a cold start for two calls
 import contextlib
 import errno
 import fcntl
@@ -158,7 +157,7 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     # Masked and read-only paths, then the root itself (see vortex/security/apply.py).
     _step(lambda: security.mask_and_protect(sec), "masked and read-only paths")
     _step(lambda: security.remount_root(sec), "remount the root filesystem")
-    _step(lambda: _socket.sethostname(plan.hostname), f"sethostname {plan.hostname}")
+    _step(lambda: L.sethostname(plan.hostname), f"sethostname {plan.hostname}")
 
     _setup_stdio(plan, fds)
     security.confine(plan.uid, plan.gid, sec, _step)
@@ -391,13 +390,13 @@ def _write_private_file(rootfs: str, path: str, content: bytes, mode: int) -> No
 
 def _loopback_up() -> None:
     try:
-        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        sock = L.socket(L.AF_INET, L.SOCK_DGRAM)
         try:
             request = struct.pack("16sh", b"lo", 0)
-            flags = struct.unpack("16sh", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request))[1]
-            fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
+            flags = struct.unpack("16sh", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
         finally:
-            sock.close()
+            os.close(sock)
     except OSError as exc:
         raise InitFailure(f"bring up lo: {_strerror(exc)}") from None
 

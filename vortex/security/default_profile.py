@@ -18,7 +18,10 @@ user namespace (the classic route to regaining capabilities).
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _ALLOWED = [
     "accept",

@@ -7,17 +7,17 @@ The built-in ``security`` plugin turns these options into a
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from vortex.errors import SpecError
 from vortex.records import field, record
 from vortex.security import capabilities
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    pass
+    from typing import Any
 
 SECCOMP_DEFAULT = "default"
 SECCOMP_UNCONFINED = "unconfined"
@@ -127,7 +127,7 @@ class SecurityOptions:
                 raise SpecError(
                     f"--ulimit {name}: an unlimited soft limit needs an unlimited hard one"
                 )
-        if self.seccomp_file is not None and not Path(self.seccomp_file).is_file():
+        if self.seccomp_file is not None and not os.path.isfile(self.seccomp_file):
             raise SpecError(
                 f"--seccomp {self.seccomp!r}: no such file (use a JSON profile, "
                 "'default' or 'unconfined')"

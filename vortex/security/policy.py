@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
-from typing import Any
 
 from vortex.errors import SpecError
 from vortex.records import field, record
 from vortex.security import capabilities
 from vortex.security.options import RLIMITS
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 MASKED_PATHS: tuple[str, ...] = (
     "/proc/acpi",

@@ -26,9 +26,12 @@ import json
 import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from vortex.errors import SpecError, VortexError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # ----------------------------------------------------------------- libseccomp ABI
 
