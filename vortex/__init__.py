@@ -30,7 +30,7 @@ _EXPORTS = {
     "User": "vortex.spec",
     "SecurityOptions": "vortex.security.options",
     "RunResult": "vortex.result",
-    "hookimpl": "vortex.hookspecs",
+    "hookimpl": "vortex.hookimpl_marker",
     "configure_logging": "vortex.log",
     "VortexError": "vortex.errors",
 }
@@ -40,7 +40,7 @@ __all__ = (*_EXPORTS, "__version__")
 if TYPE_CHECKING:
     from vortex.container import Container as Container
     from vortex.errors import VortexError as VortexError
-    from vortex.hookspecs import hookimpl as hookimpl
+    from vortex.hookimpl_marker import hookimpl as hookimpl
     from vortex.log import configure_logging as configure_logging
     from vortex.result import RunResult as RunResult
     from vortex.runtime import Runtime as Runtime

@@ -31,7 +31,6 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
 
 from vortex import _linux as L
 from vortex import log
@@ -54,17 +53,19 @@ from vortex.lifecycle import (
     spawn_request,
 )
 from vortex.ops import SetupOp
-from vortex.pluginmanager import call_blocking
+from vortex.pluginmanager import call_blocking, load_plugins_for_one_run
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec, Stdio
 from vortex.standard_fds import open_standard_fds
 from vortex.state import DEFAULT_STATE_DIR
 from vortex.terminal import BlockingRelay, raw_mode, receive_master
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import socket
+    from typing import TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -107,9 +108,7 @@ def run(
     signals = (*FORWARDED_SIGNALS, signal.SIGWINCH) if spec.tty else FORWARDED_SIGNALS
     with _SignalForwarder(signals) as forwarder:
         host = open_host(
-            disabled_plugins=disabled_plugins,
-            plugins=plugins,
-            entry_points=entry_points,
+            load_plugins_for_one_run(disabled_plugins, extra=plugins, entry_points=entry_points),
             cgroup_root=cgroup_root,
             cgroup_parent=cgroup_parent,
             state_dir=state_dir,

@@ -44,15 +44,16 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from vortex.hookimpl_marker import PROJECT as PROJECT
+from vortex.hookimpl_marker import hookimpl as hookimpl
+
 if TYPE_CHECKING:
     from vortex.container import Container
     from vortex.ops import SetupOp
     from vortex.result import RunResult
     from vortex.security.policy import SecurityPolicy
 
-PROJECT = "vortex"
 hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # --------------------------------------------------------------------- before clone

@@ -24,23 +24,22 @@ import os
 import signal
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from vortex import _linux as L
 from vortex import cgroups, log, rootless
 from vortex.container import Container
 from vortex.errors import VortexError
 from vortex.helper.plan import InitPlan, SpawnRequest
-from vortex.pluginmanager import call_sync, load_plugins
+from vortex.pluginmanager import call_sync
 from vortex.records import record
 from vortex.result import RunResult
 from vortex.security.policy import SecurityPolicy
 from vortex.state import DEFAULT_STATE_DIR, ContainerRecord, StateDir
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    import pluggy
-
     from vortex.ops import SetupOp
+    from vortex.pluginmanager import Plugins
     from vortex.spec import ContainerSpec
 
 OUTPUT_DRAIN_TIMEOUT = 5.0
@@ -56,7 +55,8 @@ once it is in its cgroup, so that its own cgroup is its root on v1 as well."""
 class Host:
     """What a driver sets up once and then uses for every container."""
 
-    plugin_manager: pluggy.PluginManager
+    plugin_manager: Plugins
+    """pluggy's manager, or the built-ins' table (vortex.pluginmanager.BuiltinPlugins)."""
     cgroups: cgroups.CgroupBackend | None
     """None for a rootless caller without a delegated cgroup: containers get none."""
     state: StateDir
@@ -76,27 +76,25 @@ class Host:
 
 
 def open_host(
+    plugins: Plugins,
     *,
-    disabled_plugins: Iterable[str] = (),
-    plugins: Iterable[object] = (),
-    entry_points: bool = True,
     cgroup_root: str = "/sys/fs/cgroup",
     cgroup_parent: str = "auto",
     state_dir: str = DEFAULT_STATE_DIR,
 ) -> Host:
-    """Load the plugins, pick the cgroup backend, open the state directory and sweep
-    the containers of Runtimes that died (their cgroups and records)."""
+    """With the plugins the driver loaded: pick the cgroup backend, open the state
+    directory and sweep the containers of Runtimes that died (their cgroups and
+    records)."""
     if rootless.is_rootless():
         rootless.check_user_namespaces()
         if state_dir == DEFAULT_STATE_DIR:
             state_dir = rootless.state_dir()
-    plugin_manager = load_plugins(disabled_plugins, extra=plugins, entry_points=entry_points)
     backend = None
     if not rootless.is_rootless():
         backend = cgroups.detect(cgroup_root, cgroup_parent)
     elif (delegated := rootless.delegated_cgroup_parent(cgroup_root)) is not None:
         backend = cgroups.detect(cgroup_root, delegated)
-    host = Host(plugin_manager, backend, StateDir(state_dir), cgroup_root)
+    host = Host(plugins, backend, StateDir(state_dir), cgroup_root)
     for swept in host.state.sweep_stale(host.remove_stale_cgroup):
         log.emit("info", "container.swept", container_id=swept)
     return host
@@ -152,7 +150,7 @@ def spawn_request(
     """What the init is cloned with (its fds travel separately, see FD_ORDER)."""
     spec, security = container.spec, container.security
     plan = InitPlan(
-        rootfs=str(spec.rootfs),
+        rootfs=os.fspath(spec.rootfs),
         argv=tuple(spec.command),
         env=tuple(spec.env.items()),
         workdir=spec.workdir,

@@ -5,21 +5,35 @@ third-party ones, which arrive through the entry-point group ``vortex``.
 Any of them can be disabled by name.  Lifecycle hooks are called one
 implementation at a time (instead of through pluggy's multicall) so that
 async implementations are awaited in order and a failure names its plugin.
+
+pluggy validates and orders plugins.  With only the built-ins there is
+nothing to validate (tests/test_plugins.py registers them with pluggy) and
+their order is known: :class:`BuiltinPlugins` is that order as a table,
+which spares a cold ``vortex run`` importing pluggy with its ``inspect`` and
+``typing`` (~13 ms, as much as the container itself).  Everything else goes
+through pluggy: the Runtime, and ``vortex run`` as soon as a third-party
+plugin may be installed.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
 
-import pluggy
-
-from vortex import hookspecs
 from vortex.errors import PluginError
+from vortex.hookimpl_marker import IMPL_ATTRIBUTE
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, TypeAlias
+
+    import pluggy
+
+    Plugins: TypeAlias = "pluggy.PluginManager | BuiltinPlugins"
+    """What the lifecycle calls hooks through: pluggy's manager, or the built-ins' table."""
 
 BUILTIN_PLUGINS = {
     "limits": "vortex.plugins.limits",
@@ -100,16 +114,14 @@ def load_plugins(
     :param extra: plugin objects (modules, instances) to register as well.
     :param entry_points: load third-party plugins from the ``vortex`` group.
     """
+    import pluggy
+
+    from vortex import hookspecs
+
     disabled = set(disabled)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    if disabled:
-        known = set(BUILTIN_PLUGINS) | (entry_point_names() if entry_points else set())
-        unknown = sorted(disabled - known)
-        if unknown:
-            raise PluginError(
-                f"unknown plugin {unknown[0]!r}: known plugins are {', '.join(sorted(known))}"
-            )
+    _check_known(disabled, entry_point_names() if entry_points else set())
     for name in disabled:
         pm.set_blocked(name)
     for name, module_name in BUILTIN_PLUGINS.items():
@@ -129,12 +141,109 @@ def load_plugins(
     return pm
 
 
-def _implementations(pm: pluggy.PluginManager, hook_name: str) -> list[pluggy.HookImpl]:
+def load_plugins_for_one_run(
+    disabled: Iterable[str] = (),
+    *,
+    extra: Iterable[object] = (),
+    entry_points: bool = True,
+) -> Plugins:
+    """:func:`load_plugins` for a process that runs one container (``vortex run``).
+
+    The built-ins' table when nothing but built-ins can be loaded (no ``extra``,
+    and no installed distribution declares a ``vortex`` entry point), pluggy
+    otherwise.  The table calls the same functions in the same order.
+    """
+    extra = list(extra)
+    if extra or (entry_points and _may_have_entry_points()):
+        return load_plugins(disabled, extra=extra, entry_points=entry_points)
+    disabled = set(disabled)
+    _check_known(disabled, set())
+    return BuiltinPlugins(name for name in BUILTIN_PLUGINS if name not in disabled)
+
+
+def _check_known(disabled: set[str], entry_point_plugins: set[str]) -> None:
+    if not disabled:
+        return
+    known = set(BUILTIN_PLUGINS) | entry_point_plugins
+    unknown = sorted(disabled - known)
+    if unknown:
+        raise PluginError(
+            f"unknown plugin {unknown[0]!r}: known plugins are {', '.join(sorted(known))}"
+        )
+
+
+class Implementation:
+    """One plugin's implementation of one hook: what pluggy's ``HookImpl`` tells us."""
+
+    __slots__ = ("argnames", "function", "plugin_name", "tryfirst", "trylast", "wrapper")
+
+    def __init__(self, plugin_name: str, function: Callable[..., Any], options: dict[str, Any]):
+        self.plugin_name = plugin_name
+        self.function = function
+        self.argnames = _positional_parameters(function)
+        self.tryfirst: bool = options["tryfirst"]
+        self.trylast: bool = options["trylast"]
+        self.wrapper: bool = options["wrapper"] or options["hookwrapper"]
+
+
+class BuiltinPlugins:
+    """The built-in plugins' hook implementations, in pluggy's call order, without pluggy.
+
+    Registering a plugin, pluggy takes its marked functions in ``dir()`` order
+    and inserts each into its hook's list (``HookCaller._add_hookimpl``):
+    ``trylast`` ones at the front, ``tryfirst`` ones at the back, the others
+    just before the ``tryfirst`` ones; wrappers in a section of their own
+    after all of those.  It calls the list from the back.  This does the same.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(names)
+        registered: dict[str, list[Implementation]] = {}
+        for name in self.names:
+            module = importlib.import_module(BUILTIN_PLUGINS[name])
+            for attribute in dir(module):
+                function = getattr(module, attribute)
+                options = getattr(function, IMPL_ATTRIBUTE, None)
+                if callable(function) and isinstance(options, dict):
+                    chain = registered.setdefault(options["specname"] or attribute, [])
+                    _insert(chain, Implementation(name, function, options))
+        self._calls = {hook: impls[::-1] for hook, impls in registered.items()}
+
+    def implementations(self, hook_name: str) -> Sequence[Implementation]:
+        """The implementations of ``hook_name`` in call order."""
+        return self._calls.get(hook_name, ())
+
+
+def _insert(chain: list[Implementation], impl: Implementation) -> None:
+    """Add ``impl`` to ``chain`` (kept in reverse call order) where pluggy would."""
+    split = next((i for i, other in enumerate(chain) if other.wrapper), len(chain))
+    start, end = (split, len(chain)) if impl.wrapper else (0, split)
+    if impl.trylast:
+        chain.insert(start, impl)
+    elif impl.tryfirst:
+        chain.insert(end, impl)
+    else:
+        i = end - 1
+        while i >= start and chain[i].tryfirst:
+            i -= 1
+        chain.insert(i + 1, impl)
+
+
+def _positional_parameters(function: Callable[..., Any]) -> tuple[str, ...]:
+    """The parameters pluggy passes a plain function: positional ones without a default."""
+    code = function.__code__
+    names = code.co_varnames[: code.co_argcount]
+    return names[: len(names) - len(function.__defaults__ or ())]
+
+
+def _implementations(plugins: Plugins, hook_name: str) -> Sequence[Any]:
+    if isinstance(plugins, BuiltinPlugins):
+        return plugins.implementations(hook_name)
     # get_hookimpls() is in reverse call order (pluggy calls the last one first).
-    return list(reversed(getattr(pm.hook, hook_name).get_hookimpls()))
+    return list(reversed(getattr(plugins.hook, hook_name).get_hookimpls()))
 
 
-def call_sync(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[Any]:
+def call_sync(pm: Plugins, hook_name: str, **kwargs: Any) -> list[Any]:
     """Call a synchronous hook; results of every implementation that returned one."""
     results = []
     for impl in _implementations(pm, hook_name):
@@ -142,7 +251,7 @@ def call_sync(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[A
             result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
         except Exception as exc:
             raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}") from exc
-        if inspect.isawaitable(result):
+        if isinstance(result, Awaitable):
             raise PluginError(f"plugin {impl.plugin_name!r}: {hook_name} must not be async")
         if result is not None:
             results.append(result)
@@ -150,7 +259,7 @@ def call_sync(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[A
 
 
 async def call_async(
-    pm: pluggy.PluginManager, hook_name: str, *, keep_going: bool = False, **kwargs: Any
+    pm: Plugins, hook_name: str, *, keep_going: bool = False, **kwargs: Any
 ) -> list[PluginError]:
     """Call a lifecycle hook whose implementations may be async, in order.
 
@@ -161,7 +270,7 @@ async def call_async(
     for impl in _implementations(pm, hook_name):
         try:
             result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            if inspect.isawaitable(result):
+            if isinstance(result, Awaitable):
                 await result
         except Exception as exc:
             failures.append(_failed(impl, hook_name, exc, keep_going))
@@ -169,7 +278,7 @@ async def call_async(
 
 
 def call_blocking(
-    pm: pluggy.PluginManager, hook_name: str, *, keep_going: bool = False, **kwargs: Any
+    pm: Plugins, hook_name: str, *, keep_going: bool = False, **kwargs: Any
 ) -> list[PluginError]:
     """:func:`call_async` for a caller without an event loop (vortex.direct).
 
@@ -181,7 +290,7 @@ def call_blocking(
     for impl in _implementations(pm, hook_name):
         try:
             result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            if inspect.isawaitable(result):
+            if isinstance(result, Awaitable):
                 _run_to_completion(result)
         except Exception as exc:
             failures.append(_failed(impl, hook_name, exc, keep_going))
@@ -197,7 +306,7 @@ def _run_to_completion(awaitable: Any) -> None:
     anyio.run(finish)
 
 
-def _failed(impl: pluggy.HookImpl, hook_name: str, exc: Exception, keep_going: bool) -> PluginError:
+def _failed(impl: Any, hook_name: str, exc: Exception, keep_going: bool) -> PluginError:
     """The PluginError for ``exc``: raised, unless ``keep_going`` (then returned)."""
     error = PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc}")
     error.__cause__ = exc

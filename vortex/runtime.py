@@ -43,7 +43,7 @@ from vortex.lifecycle import (
     plan_setup,
     release,
 )
-from vortex.pluginmanager import call_async
+from vortex.pluginmanager import call_async, load_plugins
 from vortex.result import RunResult
 from vortex.spec import ContainerSpec
 from vortex.standard_fds import open_standard_fds
@@ -97,15 +97,15 @@ class Runtime:
         # The helper first: after this point plugins and anyio may start threads.
         self._helper = ForkHelper.start()
         try:
+            self.plugin_manager = load_plugins(
+                self._disabled, extra=self._extra_plugins, entry_points=self._entry_points
+            )
             self._host = open_host(
-                disabled_plugins=self._disabled,
-                plugins=self._extra_plugins,
-                entry_points=self._entry_points,
+                self.plugin_manager,
                 cgroup_root=self._cgroup_root,
                 cgroup_parent=self._cgroup_parent,
                 state_dir=self._state_dir,
             )
-            self.plugin_manager = self._host.plugin_manager
             self.cgroups = self._host.cgroups
             self.state = self._host.state
             self._task_group = anyio.create_task_group()

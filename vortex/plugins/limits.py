@@ -13,7 +13,7 @@ import os
 from vortex import records
 from vortex.cgroups.base import Limits
 from vortex.container import Container
-from vortex.hookspecs import hookimpl
+from vortex.hookimpl_marker import hookimpl
 
 NO_LIMITS = records.as_dict(Limits())
 

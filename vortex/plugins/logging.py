@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vortex import log
 from vortex.container import Container
-from vortex.hookspecs import hookimpl
+from vortex.hookimpl_marker import hookimpl
 from vortex.result import RunResult
 
 

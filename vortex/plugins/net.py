@@ -7,7 +7,7 @@ container in ``vortex_post_cgroup``, removed in ``vortex_on_exit``).
 from __future__ import annotations
 
 from vortex.container import Container
-from vortex.hookspecs import hookimpl
+from vortex.hookimpl_marker import hookimpl
 from vortex.ops import LoopbackUp, SetupOp
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import stat
-import weakref
+from _weakref import ReferenceType
 from collections.abc import Awaitable
 
 from vortex import log, rootless
@@ -31,7 +31,7 @@ from vortex.cgroups.base import Cgroup
 from vortex.cgroups.v1 import V1Cgroup
 from vortex.container import Container
 from vortex.errors import SpecError
-from vortex.hookspecs import hookimpl
+from vortex.hookimpl_marker import hookimpl
 from vortex.ops import MountFilesystem, SetupOp
 from vortex.result import RunResult
 from vortex.security import capabilities, devices
@@ -233,7 +233,10 @@ def _v1_paths(cgroup: V1Cgroup) -> dict[str, str]:
     return {c: p for c in ("memory", "pids", "cpu", "freezer") if (p := cgroup.path(c))}
 
 
-_devices_swept_for: weakref.WeakSet[StateDir] = weakref.WeakSet()
+# The StateDirs (one per Runtime) whose sweep is done, held weakly so that a new
+# Runtime's never passes for a dead one's.  A list of references rather than a
+# weakref.WeakSet: the weakref module is ~1 ms of a cold ``vortex run``.
+_devices_swept_for: list[ReferenceType[StateDir]] = []
 
 
 def _sweep_stale_devices_once(container: Container, cgroup: V1Cgroup) -> None:
@@ -242,9 +245,10 @@ def _sweep_stale_devices_once(container: Container, cgroup: V1Cgroup) -> None:
     containers running.  What a Runtime dying later leaves, the next one sweeps."""
     runtime_state = container.state_dir
     if runtime_state is not None:
-        if runtime_state in _devices_swept_for:
+        _devices_swept_for[:] = [r for r in _devices_swept_for if r() is not None]
+        if any(r() is runtime_state for r in _devices_swept_for):
             return
-        _devices_swept_for.add(runtime_state)
+        _devices_swept_for.append(ReferenceType(runtime_state))
     for stale in devices.sweep_stale(_v1_paths(cgroup), cgroup.mounts):
         log.emit("info", "devices.swept", directory=stale)
 
