@@ -37,6 +37,27 @@ async def test_run_returns_a_typed_result(rootfs: Path) -> None:
     assert len(result.container_id) == 32 and result.name == result.container_id[:12]
 
 
+async def test_the_command_starts_with_default_signal_dispositions(rootfs: Path) -> None:
+    """execve keeps ignored signals ignored and the mask as it is: the init resets
+    them, else the command would inherit CPython's ignored SIGPIPE and SIGXFSZ and
+    the fork helper's ignored SIGINT.  /bin/cat is the command itself (PID 1)."""
+    command = ContainerSpec(
+        rootfs=rootfs,
+        command=["/bin/cat", "/proc/self/status"],
+        stdout=Stdio.CAPTURE,
+        stdin=Stdio.NULL,
+    )
+    async with vortex.Runtime() as rt:
+        result = await rt.run(command)
+    assert result.exit_code == 0, result.stderr
+    status = dict(
+        line.split(":\t", 1) for line in result.stdout.decode().splitlines() if ":\t" in line
+    )
+    assert status["Pid"] == "1"
+    assert status["SigIgn"] == "0000000000000000"
+    assert status["SigBlk"] == "0000000000000000"
+
+
 async def test_oom_is_reported_with_peak_memory(rootfs: Path) -> None:
     hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a)"
     async with vortex.Runtime() as rt:

@@ -19,11 +19,11 @@ Order matters and is the contract with the Runtime:
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub; signal's C half
 import contextlib
 import errno
 import fcntl
 import os
-import signal
 import stat
 import struct
 from collections.abc import Callable, Sequence
@@ -116,17 +116,19 @@ def _report(fd: int, message: bytes) -> None:
 
 
 def _run(plan: InitPlan, fds: dict[str, int]) -> None:
-    L.set_parent_death_signal(signal.SIGKILL)
+    L.set_parent_death_signal(_signal.SIGKILL)
     # fds received over SCM_RIGHTS arrive without close-on-exec; the error pipe must
     # close at exec, or the Runtime would only learn "exec succeeded" at exit.
     os.set_inheritable(fds["errors"], False)
     # execve keeps ignored signals ignored: CPython ignores SIGPIPE and SIGXFSZ, the
     # helper SIGINT.  The command must start with every disposition at its default.
-    for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+    # Through signal's C half: its Python wrapper turns every number and handler
+    # into an enum member and back, ~0.25 ms of CPU for the 62 signals of every init.
+    for sig in _signal.valid_signals():
+        if sig not in (_signal.SIGKILL, _signal.SIGSTOP):
             with contextlib.suppress(OSError, ValueError):
-                signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
 
     if os.read(fds["sync"], 1) != b"\x01":
         # The Runtime went away or aborted the start (a post_cgroup hook failed).
