@@ -305,8 +305,55 @@ def run_once(subject: Subject, round_: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def cold(found: list[Subject], runs: int, warmup: int, settle: float) -> dict[str, Samples]:
+def own_cgroup_procs() -> str | None:
+    """This process's ``cgroup.procs`` in the v1 memory hierarchy, or in cgroup2 on a
+    host without one; None if there is neither (or we are not root)."""
+    if os.geteuid() != 0:
+        return None
+    paths = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _id, controllers, path = line.rstrip("\n").split(":", 2)
+            for controller in controllers.split(","):
+                paths[controller] = path
+    if "memory" in paths:
+        candidate = f"/sys/fs/cgroup/memory{paths['memory']}"
+    elif "" in paths:
+        root = HYBRID_CGROUP2 if _host_is_hybrid() else "/sys/fs/cgroup"
+        candidate = f"{root}{paths['']}"
+    else:
+        return None
+    procs = os.path.join(candidate.rstrip("/"), "cgroup.procs")
+    return procs if os.path.exists(procs) else None
+
+
+def probe_cgroup_lock(procs: str) -> float:
+    """Seconds one no-op migration (this process into the cgroup it is in) takes now.
+
+    Every cgroup move takes the kernel's global ``cgroup_threadgroup_rwsem``, whose
+    first writer after a quiet moment waits for an RCU grace period; runc, crun and
+    the C reference move their init and pay that wait, Vortex in-process hides it
+    (vortex/cgroups/warmup.py).  Whether the lock is cold after the pause depends on
+    the whole machine (other migrations keep it warm), so the benchmark measures it.
+    """
+    fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        pid = str(os.getpid()).encode()
+        started = time.perf_counter()
+        os.write(fd, pid)
+        return time.perf_counter() - started
+    finally:
+        os.close(fd)
+
+
+def cold(
+    found: list[Subject], runs: int, warmup: int, settle: float
+) -> tuple[dict[str, Samples], list[float]]:
+    """Every subject once per round, each after ``settle`` seconds; and, in the same
+    rhythm, the cgroup lock's wait (:func:`probe_cgroup_lock`), as one more slot."""
     results = {s.name: Samples() for s in found}
+    lock_waits: list[float] = []
+    procs = own_cgroup_procs()
     for round_ in range(warmup + runs):
         for subject in found:
             time.sleep(settle)
@@ -314,13 +361,22 @@ def cold(found: list[Subject], runs: int, warmup: int, settle: float) -> dict[st
             if round_ >= warmup:
                 results[subject.name].wall.append(wall)
                 results[subject.name].cpu.append(cpu)
+        if procs is not None:
+            time.sleep(settle)
+            try:
+                wait = probe_cgroup_lock(procs)
+            except OSError:  # e.g. EBUSY: a cgroup v2 with controllers for its children
+                procs, lock_waits = None, []
+                continue
+            if round_ >= warmup:
+                lock_waits.append(wait)
     for subject in found:
         if subject.resident_pid:
             # The resident share comes in clock ticks (10 ms): spread it evenly.
             samples = results[subject.name].cpu
             mean = statistics.fmean(samples)
             results[subject.name].cpu = [mean] * len(samples)
-    return results
+    return results, lock_waits
 
 
 class Daemon:
@@ -463,6 +519,17 @@ def report_cold(results: dict[str, Samples]) -> str:
     return _table(headers, rows)
 
 
+def report_lock(waits: list[float]) -> str:
+    if not waits:
+        return "cgroup lock: not probed (needs root and a cgroup.procs to write)"
+    median = statistics.median(waits)
+    state = "warm: moves did not wait" if median < 0.001 else "cold: moves waited"
+    return (
+        f"cgroup lock, a no-op migration after the same pause: median {_ms(median)} ms, "
+        f"min {_ms(min(waits))}, max {_ms(max(waits))} ({state})"
+    )
+
+
 def report_throughput(results: dict[str, list[dict[str, Any]]], title: str) -> str:
     def rates(name: str) -> list[float]:
         return [_rate(b) for b in results[name]]
@@ -572,13 +639,14 @@ def plot(data: dict[str, Any], path: Path) -> str:
 
 def measure(
     args: argparse.Namespace, found: list[Subject], daemon: Daemon, rootfs: Path, out: Path
-) -> tuple[dict[str, Samples], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Every measurement, printed as it completes: cold, sequential, concurrent, exit."""
+) -> tuple[dict[str, Samples], list[float], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Every measurement, printed as it completes: cold (and the cgroup lock's wait),
+    sequential, concurrent, exit."""
     try:
-        cold_results = cold(found, args.cold_runs, args.warmup, args.settle / 1000)
+        cold_results, lock_waits = cold(found, args.cold_runs, args.warmup, args.settle / 1000)
     finally:
         daemon.close()
-    print(f"\n{report_cold(cold_results)}", flush=True)
+    print(f"\n{report_cold(cold_results)}\n{report_lock(lock_waits)}", flush=True)
     worker = Worker(rootfs)
     try:
         sequential = throughput(worker, found, args.containers, args.batch, 1, args.warmup)
@@ -596,7 +664,7 @@ def measure(
         print(f"\n{report_exit(exits)}", flush=True)
     finally:
         worker.close()
-    return cold_results, sequential, parallel, exits
+    return cold_results, lock_waits, sequential, parallel, exits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -639,7 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        cold_results, sequential, parallel, exits = measure(args, found, daemon, rootfs, out)
+        cold_results, lock_waits, sequential, parallel, exits = measure(
+            args, found, daemon, rootfs, out
+        )
     finally:
         for parent in REF_CGROUP_PARENTS:
             with contextlib.suppress(FileNotFoundError):
@@ -651,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "skipped": skipped,
         "notes": {s.name: s.note for s in found if s.note},
         "cold": {n: {"wall": s.wall, "cpu": s.cpu} for n, s in cold_results.items()},
+        "cgroup_lock_wait": lock_waits,
         "sequential": sequential,
         "concurrent": parallel,
         "exit": exits,

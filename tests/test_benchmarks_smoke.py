@@ -47,6 +47,10 @@ def run_benchmarks_smoke(out: Path, timeout: float, max_exit_latency: float) -> 
     assert len(data["exit"]["steady"]) == 5
     assert all(0 < latency < max_exit_latency for latency in data["exit"]["steady"])
     assert "| vortex " in proc.stdout
+    # The kernel's cgroup lock, probed in the same rhythm (a no-op migration, as root).
+    assert len(data["cgroup_lock_wait"]) == 2
+    assert all(0 < wait < 1 for wait in data["cgroup_lock_wait"])
+    assert "cgroup lock, a no-op migration after the same pause: median" in proc.stdout
     assert not [p for p in REF_CGROUP_PARENTS if os.path.exists(p)], "cgroups left behind"
 
 
