@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from vortex.cgroups._common import find_v1_hierarchies
+from vortex.cgroups._common import attach_pid, find_v1_hierarchies, write_file
 from vortex.errors import CgroupError, SpecError
 from vortex.records import record
 
@@ -137,9 +137,10 @@ def v1_devices_dir(
 
 def restrict(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) -> None:
     """Deny every device in an existing v1 devices cgroup, then allow ``rules``."""
-    _write(os.path.join(directory, "devices.deny"), "a")
+    write_file(os.path.join(directory, "devices.deny"), "a")
+    allow = os.path.join(directory, "devices.allow")
     for rule in rules:
-        _write(os.path.join(directory, "devices.allow"), rule)
+        write_file(allow, rule)
 
 
 def sweep_stale(
@@ -172,14 +173,6 @@ def sweep_stale(
     return removed
 
 
-def _write(path: str, value: str) -> None:
-    try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write(value)
-    except OSError as exc:
-        raise CgroupError(f"write {value!r} to {path}: {exc.strerror}") from None
-
-
 def create_restricted(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) -> None:
     """Make ``directory`` (parents too) and allow only ``rules`` in it."""
     os.makedirs(directory, exist_ok=False)
@@ -191,7 +184,7 @@ def create_restricted(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) 
 
 
 def attach(directory: str, pid: int) -> None:
-    _write(os.path.join(directory, "cgroup.procs"), str(pid))
+    attach_pid(os.path.join(directory, "cgroup.procs"), pid)
 
 
 def remove(directory: str, timeout: float = 2.0) -> None:
