@@ -22,9 +22,11 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from typing import Any
 
-_CPU_LIST_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_PAGE_SIZE_RE = re.compile(r"^\d+[KMG]B$")
-_UNIFIED_KEY_RE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_.]+$")
+# As text, compiled by re.match on first use (see vortex/spec.py); the OCI loader
+# checks the same fields with the same patterns.
+CPU_LIST_PATTERN = r"^\d+(-\d+)?(,\d+(-\d+)?)*$"
+PAGE_SIZE_PATTERN = r"^\d+[KMG]B$"
+UNIFIED_KEY_PATTERN = r"^[a-z0-9_]+\.[a-z0-9_.]+$"
 
 DEVICE_FLAGS = ("device_read_bps", "device_write_bps", "device_read_iops", "device_write_iops")
 
@@ -68,7 +70,7 @@ def parse_device_rate(text: str, *, option: str, iops: bool) -> DeviceLimit:
 def parse_hugetlb(text: str) -> tuple[str, int]:
     """``PAGESIZE:LIMIT`` such as ``2MB:64M`` (the page size as in hugetlb.2MB.max)."""
     size, sep, limit = text.partition(":")
-    if not sep or not _PAGE_SIZE_RE.match(size):
+    if not sep or not re.match(PAGE_SIZE_PATTERN, size):
         raise SpecError(f"--hugetlb {text!r} must be PAGESIZE:LIMIT, for example 2MB:64M or 1GB:2G")
     return size, _size(limit, "--hugetlb")
 
@@ -79,7 +81,7 @@ def parse_cgroup_conf(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         cut = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)
         key, value = (item[:cut], item[cut + 1 :]) if cut >= 0 else (item, "")
-        if cut < 0 or not _UNIFIED_KEY_RE.match(key):
+        if cut < 0 or not re.match(UNIFIED_KEY_PATTERN, key):
             raise SpecError(
                 f"--cgroup-conf {item!r} must be FILE=VALUE with a cgroup v2 file name, "
                 "for example memory.min=64M"
@@ -106,7 +108,7 @@ def _int_in(text: str, option: str, low: int, high: int) -> int:
 
 
 def _cpu_list(text: str, option: str) -> str:
-    if not _CPU_LIST_RE.match(text):
+    if not re.match(CPU_LIST_PATTERN, text):
         raise SpecError(f"{option} {text!r} is not a list: use for example 0-2,4")
     return text
 

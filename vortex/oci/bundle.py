@@ -26,7 +26,7 @@ from vortex.oci import mounts as oci_mounts
 from vortex.oci import resources as oci_resources
 from vortex.oci._fields import INT64_MAX, UINT32_MAX, UINT64_MAX, Field
 from vortex.security.options import RLIMITS, UNLIMITED, LiteralSecurity, SecurityOptions
-from vortex.spec import ENV_NAME_RE, HOSTNAME_RE, ContainerSpec, Resources, User
+from vortex.spec import ENV_NAME_PATTERN, HOSTNAME_PATTERN, ContainerSpec, Resources, User
 
 VERSION_RE = re.compile(r"^1\.[0-2]\.\d+(?:[-+].*)?$")
 """runtime-spec 1.0.x to 1.2.x, pre-releases such as ``1.0.2-dev`` included."""
@@ -153,7 +153,7 @@ def spec_from_config(data: Any, bundle: Path, *, name: str | None = None) -> Con
     hostname = None
     if "hostname" in top:
         hostname = top["hostname"].string() or None
-        if hostname is not None and not HOSTNAME_RE.match(hostname):
+        if hostname is not None and not re.match(HOSTNAME_PATTERN, hostname):
             raise top["hostname"].error(
                 f"{hostname!r} is invalid: use 1-63 letters, digits and '-'"
             )
@@ -441,7 +441,7 @@ class _Process:
             key, sep, value = text.partition("=")
             if not sep:
                 raise item.error(f"{text!r} has no '=': write NAME=VALUE")
-            if not ENV_NAME_RE.match(key):
+            if not re.match(ENV_NAME_PATTERN, key):
                 raise item.error(f"{key!r} is not a valid variable name")
             if "\0" in value:
                 raise item.error("values must not contain NUL bytes")

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from vortex.cgroups.base import DeviceLimit
+from vortex.cgroups.options import CPU_LIST_PATTERN, PAGE_SIZE_PATTERN, UNIFIED_KEY_PATTERN
 from vortex.oci._fields import INT64_MAX, INT64_MIN, UINT64_MAX, Field
 
 MIN_MEMORY = 4096 * 64
@@ -19,9 +20,6 @@ MIN_MEMORY = 4096 * 64
 CFS_PERIOD = 100_000
 """The only CFS period Vortex writes (vortex/cgroups/_common.py)."""
 MIN_QUOTA = 1000
-_CPU_LIST_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_PAGE_SIZE_RE = re.compile(r"^\d+[KMG]B$")
-_UNIFIED_KEY_RE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_.]+$")
 
 
 def convert(field: Field | None) -> tuple[dict[str, Any], bool]:
@@ -60,7 +58,7 @@ def convert(field: Field | None) -> tuple[dict[str, Any], bool]:
         for item in members["hugepageLimits"].items():
             fields = item.members(("pageSize", "limit"))
             size = item.require(fields, "pageSize").string()
-            if not _PAGE_SIZE_RE.match(size):
+            if not re.match(PAGE_SIZE_PATTERN, size):
                 raise fields["pageSize"].error(f"{size!r} is not a page size such as 2MB or 1GB")
             pages.append((size, item.require(fields, "limit").integer(0, INT64_MAX)))
         resources["hugetlb"] = tuple(pages)
@@ -71,7 +69,7 @@ def convert(field: Field | None) -> tuple[dict[str, Any], bool]:
         unified = {}
         for name, value in table.value.items():
             item = Field(value, table.member_path(name))
-            if not _UNIFIED_KEY_RE.match(name):
+            if not re.match(UNIFIED_KEY_PATTERN, name):
                 raise item.error("is not a cgroup v2 file name such as memory.min")
             unified[name] = item.string()
         resources["unified"] = unified
@@ -166,7 +164,7 @@ def _cpu(field: Field, resources: dict[str, Any]) -> None:
         if name in members:
             text = members[name].string()
             if text:
-                if not _CPU_LIST_RE.match(text):
+                if not re.match(CPU_LIST_PATTERN, text):
                     raise members[name].error(f"{text!r} is not a list such as 0-2,4")
                 resources[key] = text
 

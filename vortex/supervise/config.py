@@ -32,10 +32,16 @@ from typing import Any
 from vortex.errors import SpecError, VortexError
 from vortex.records import field, record
 from vortex.security.options import SecurityOptions, options_from_mapping
-from vortex.spec import DEFAULT_MEMORY_LIMIT, DEFAULT_PATH, ENV_NAME_RE, HOSTNAME_RE, parse_size
+from vortex.spec import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_PATH,
+    ENV_NAME_PATTERN,
+    HOSTNAME_PATTERN,
+    NAME_PATTERN,
+    parse_size,
+)
 
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 CONTAINER_KEYS = frozenset(
     {
@@ -219,7 +225,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         if not isinstance(table, dict):
             checker.problem(where, name, "must be a table")
             continue
-        if not _NAME_RE.match(name):
+        if not re.match(NAME_PATTERN, name):
             checker.problem(
                 where, "(name)", f"{name!r} is not a valid name: letters, digits, '_', '.', '-'"
             )
@@ -326,7 +332,7 @@ class _Checker:
             else:
                 merged = {"PATH": DEFAULT_PATH}
                 for key, value in env.items():
-                    if not ENV_NAME_RE.match(key):
+                    if not re.match(ENV_NAME_PATTERN, key):
                         self.problem(where, f"env.{key}", "is not a valid variable name")
                     elif not isinstance(value, str) or "\0" in value:
                         self.problem(where, f"env.{key}", f"{value!r} must be a string")
@@ -343,7 +349,7 @@ class _Checker:
             self._user(where, t["user"], values)
         if "hostname" in t:
             hostname = t["hostname"]
-            if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
+            if not isinstance(hostname, str) or not re.match(HOSTNAME_PATTERN, hostname):
                 self.problem(
                     where, "hostname", f"{hostname!r} is invalid: 1-63 letters, digits and '-'"
                 )
