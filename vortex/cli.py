@@ -10,9 +10,9 @@ and the error's exit status here, at the edge.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
+from vortex import _import_module
 from vortex.errors import VortexError
 from vortex.standard_fds import open_standard_fds
 
@@ -94,7 +94,7 @@ def build_parser(only: str | None = None, *, list_all: bool = True) -> argparse.
             name, help=help_text, description=help_text, formatter_class=formatter
         )
         if only is None or only == name:
-            importlib.import_module(module).configure_parser(command)
+            _import_module(module).configure_parser(command)
     return parser
 
 
@@ -163,7 +163,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         from vortex.log import configure_logging
 
         configure_logging(args.log_level, args.log_format)
-        module = importlib.import_module(COMMANDS[args.subcommand][0])
+        module = _import_module(COMMANDS[args.subcommand][0])
         status: int = module.main(args)
         return status
     except VortexError as exc:

@@ -17,11 +17,11 @@ plugin may be installed.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Awaitable, Iterable
 
+from vortex import _import_module
 from vortex.errors import PluginError
 from vortex.hookimpl_marker import IMPL_ATTRIBUTE
 
@@ -126,7 +126,7 @@ def load_plugins(
         pm.set_blocked(name)
     for name, module_name in BUILTIN_PLUGINS.items():
         if name not in disabled:
-            pm.register(importlib.import_module(module_name), name=name)
+            pm.register(_import_module(module_name), name=name)
     if entry_points and _may_have_entry_points():
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
@@ -200,7 +200,7 @@ class BuiltinPlugins:
         self.names = tuple(names)
         registered: dict[str, list[Implementation]] = {}
         for name in self.names:
-            module = importlib.import_module(BUILTIN_PLUGINS[name])
+            module = _import_module(BUILTIN_PLUGINS[name])
             for attribute in dir(module):
                 function = getattr(module, attribute)
                 options = getattr(function, IMPL_ATTRIBUTE, None)
