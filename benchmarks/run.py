@@ -524,9 +524,9 @@ def report_lock(waits: list[float]) -> str:
         return "cgroup lock: not probed (needs root and a cgroup.procs to write)"
     median = statistics.median(waits)
     state = "warm: moves did not wait" if median < 0.001 else "cold: moves waited"
-    return (
-        f"cgroup lock, a no-op migration after the same pause: median {_ms(median)} ms, "
-        f"min {_ms(min(waits))}, max {_ms(max(waits))} ({state})"
+    return (  # two decimals: a warm lock answers in tens of microseconds
+        f"cgroup lock, a no-op migration after the same pause: median {median * 1000:.2f} ms, "
+        f"min {min(waits) * 1000:.2f}, max {max(waits) * 1000:.2f} ({state})"
     )
 
 
