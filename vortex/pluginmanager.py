@@ -94,8 +94,10 @@ def _is_section(line: str, group: str) -> bool:
     return line.startswith("[") and line.endswith("]") and line[1:-1].strip() == group
 
 
-def entry_point_names() -> set[str]:
-    if not _may_have_entry_points():
+def entry_point_names(may_have: bool | None = None) -> set[str]:
+    """The names in the ``vortex`` entry-point group; ``may_have`` is the answer of
+    :func:`_may_have_entry_points` when the caller already has it."""
+    if not (_may_have_entry_points() if may_have is None else may_have):
         return set()
     from importlib.metadata import entry_points
 
@@ -114,6 +116,14 @@ def load_plugins(
     :param extra: plugin objects (modules, instances) to register as well.
     :param entry_points: load third-party plugins from the ``vortex`` group.
     """
+    return _load_with_pluggy(disabled, extra, entry_points and _may_have_entry_points())
+
+
+def _load_with_pluggy(
+    disabled: Iterable[str], extra: Iterable[object], scan_entry_points: bool
+) -> pluggy.PluginManager:
+    """:func:`load_plugins`, told whether entry points may exist (the scan of every
+    installed distribution costs ~2 ms: done once per load)."""
     import pluggy
 
     from vortex import hookspecs
@@ -121,13 +131,13 @@ def load_plugins(
     disabled = set(disabled)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    _check_known(disabled, entry_point_names() if entry_points else set())
+    _check_known(disabled, entry_point_names(scan_entry_points) if disabled else set())
     for name in disabled:
         pm.set_blocked(name)
     for name, module_name in BUILTIN_PLUGINS.items():
         if name not in disabled:
             pm.register(_import_module(module_name), name=name)
-    if entry_points and _may_have_entry_points():
+    if scan_entry_points:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:
@@ -154,8 +164,9 @@ def load_plugins_for_one_run(
     otherwise.  The table calls the same functions in the same order.
     """
     extra = list(extra)
-    if extra or (entry_points and _may_have_entry_points()):
-        return load_plugins(disabled, extra=extra, entry_points=entry_points)
+    scan_entry_points = entry_points and _may_have_entry_points()
+    if extra or scan_entry_points:
+        return _load_with_pluggy(disabled, extra, scan_entry_points)
     disabled = set(disabled)
     _check_known(disabled, set())
     return BuiltinPlugins(name for name in BUILTIN_PLUGINS if name not in disabled)
