@@ -138,7 +138,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     open_standard_fds()
     words = sys.argv[1:] if argv is None else list(argv)
     stop_warmup = None
-    if requested_subcommand(words) == "run":
+    command = requested_subcommand(words)
+    if command == "run":
         # A listening ``vortex daemon`` runs it warm (vortex/daemon/__init__.py).
         from vortex.daemon.client import run_through_daemon
 
@@ -158,7 +159,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         warmup.start()
         stop_warmup = warmup.stop
     try:
-        parser = build_parser(requested_subcommand(words) or "", list_all=lists_commands(words))
+        parser = build_parser(command or "", list_all=lists_commands(words))
         args = parser.parse_args(words)
         from vortex.log import configure_logging
 
