@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from vortex import log
 from vortex.container import Container
 from vortex.hookimpl_marker import hookimpl
@@ -15,7 +17,7 @@ def vortex_prepare(container: Container) -> None:
         "container.created",
         container_id=container.id,
         name=container.name,
-        rootfs=str(container.spec.rootfs),
+        rootfs=os.fspath(container.spec.rootfs),
         command=list(container.spec.command),
     )
 

@@ -94,7 +94,7 @@ def vortex_security(container: Container, policy: SecurityPolicy) -> None:
         # Rootless: always a user namespace (docs/security.md, "Rootless").
         _rootless_maps(container, policy)
     elif options.userns is not None:
-        _check_reachable(str(container.spec.rootfs))
+        _check_reachable(os.fspath(container.spec.rootfs))
         if options.userns == "auto":
             (uid, uids), (gid, gids) = _allocated_block(container)
         else:
@@ -144,7 +144,7 @@ def _rootless_maps(container: Container, policy: SecurityPolicy) -> None:
         # rootless --userns=auto): container root is an id no other container has.
         (uid, uids), (gid, gids) = _allocated_block(container)
         policy.uid_map, policy.gid_map = ((0, uid, uids),), ((0, gid, gids),)
-        _check_reachable(str(container.spec.rootfs))
+        _check_reachable(os.fspath(container.spec.rootfs))
     elif options.userns is not None:
         raise SpecError(
             f"--userns {options.userns}: a rootless container maps the caller's own ids; "
@@ -174,7 +174,7 @@ def _allocate_userns_block(container: Container) -> None:
     if state is None:
         raise SpecError("--userns auto needs a Runtime's state directory to record its ids")
     # Refuse an unreachable rootfs before taking a block: a bad path is the clearer error.
-    _check_reachable(str(container.spec.rootfs))
+    _check_reachable(os.fspath(container.spec.rootfs))
     if rootless.is_rootless():
         subids = rootless.require_subordinate_ids("--userns auto")
         uid_pool, gid_pool = subids.uids, subids.gids
@@ -194,7 +194,7 @@ def _apply_literal(container: Container, policy: SecurityPolicy, literal: Litera
     if rootless.is_rootless():
         raise SpecError("OCI bundles need root for now: rootless bundles are not supported yet")
     if literal.uid_map:
-        _check_reachable(str(container.spec.rootfs))
+        _check_reachable(os.fspath(container.spec.rootfs))
     if literal.capabilities is not None:
         policy.capabilities = set(literal.capabilities)
         policy.bounding = set(literal.bounding)
