@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.proccpu import process_cpu
+from vortex.cgroups._common import own_cgroups
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -310,12 +311,7 @@ def own_cgroup_procs() -> str | None:
     host without one; None if there is neither (or we are not root)."""
     if os.geteuid() != 0:
         return None
-    paths = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _id, controllers, path = line.rstrip("\n").split(":", 2)
-            for controller in controllers.split(","):
-                paths[controller] = path
+    paths = own_cgroups()
     if "memory" in paths:
         candidate = f"/sys/fs/cgroup/memory{paths['memory']}"
     elif "" in paths:
