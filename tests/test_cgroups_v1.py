@@ -244,6 +244,20 @@ def test_remove_leaves_nothing_and_is_idempotent(backend: V1Backend, spawn: Spaw
         backend.open("rm")
 
 
+def test_remove_kills_a_process_left_in_one_hierarchy(backend: V1Backend, spawn: Spawn) -> None:
+    """The other hierarchies' directories are removed at once; the busy one is not
+    skipped: its process is killed and its directory removed."""
+    cgroup = backend.create("onlymem")
+    memory = cgroup.path("memory")
+    assert memory is not None and len(cgroup.paths) > 1
+    proc = spawn(["sleep", "30"])
+    with open(os.path.join(memory, "cgroup.procs"), "w") as f:
+        f.write(str(proc.pid))
+    cgroup.remove()
+    assert proc.wait(timeout=10) == -9
+    assert not any(os.path.exists(p) for p in cgroup.paths)
+
+
 def test_open_and_names(backend: V1Backend) -> None:
     assert backend.names() == []
     backend.create("b")

@@ -342,7 +342,20 @@ class V1Cgroup(Cgroup):
 
     def remove(self) -> None:
         """Kill leftovers and rmdir the directories in every hierarchy; missing ones are fine."""
-        if not any(os.path.isdir(d) for d in self.paths):
+        # First one rmdir per hierarchy: after a container's exit its cgroup is already
+        # empty (lifecycle.end_processes), and listing every hierarchy's processes and
+        # child cgroups again would cost ~0.2 ms of each exit.  The kernel refuses to
+        # remove a cgroup that holds a process or a child cgroup (EBUSY): only then
+        # kill and remove the subtree.
+        busy = False
+        for directory in self.paths:
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                busy = True
+        if not busy:
             return
         self.kill()
         for directory in self.paths:
