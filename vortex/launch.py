@@ -25,11 +25,19 @@ from vortex.spec import Stdio
 from vortex.streams import FdReceiveStream, FdSendStream, read_all
 from vortex.terminal import receive_master, relay
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from vortex.spare import SpareInit
+
 
 class Launch:
-    def __init__(self, container: Container, helper: ForkHelper) -> None:
+    def __init__(
+        self, container: Container, helper: ForkHelper, spare: SpareInit | None = None
+    ) -> None:
         self.container = container
         self.helper = helper
+        self.spare = spare
+        """The spare init this container took (vortex/spare.py), until :meth:`clone`."""
         self.pid = 0
         self.cloned_at = 0.0
         self.cloned_into_cgroup = False
@@ -66,6 +74,45 @@ class Launch:
             self._child_ends.append(console_child)
         else:
             stdio = [self._stdin_fd(), self._output_fd("stdout", 1), self._output_fd("stderr", 2)]
+        fds = [sync_r, errors_w, *stdio]
+        if self._console is not None:
+            fds.append(console_child)
+        try:
+            if (taken := await self._hand_to_spare(plan_ops, fds)) is not None:
+                self.pid, pidfd = taken
+            else:
+                self.pid, pidfd = await self._spawn(plan_ops, fds)
+        finally:
+            self._close_child_ends()
+        self.cloned_at = time.monotonic()
+        container.pid, container.pidfd = self.pid, pidfd
+        container.state = "created"
+
+    async def _hand_to_spare(
+        self, plan_ops: list[SetupOp], fds: list[int]
+    ) -> tuple[int, int] | None:
+        """Give the spare init its request; None when there is none or it cannot serve
+        (then it is discarded, and the container keeps its id and cgroup)."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        request = spawn_request(
+            self.container, plan_ops, has_console_socket=self._console is not None
+        )
+        if spare.fits(request):
+            try:
+                pidfd = spare.hand_over(request, fds)
+            except OSError as exc:
+                log.emit("warning", "spare.lost", container_id=self.container.id, error=str(exc))
+            else:
+                self.cloned_into_cgroup = spare.in_cgroup
+                return spare.pid, pidfd
+        await spare.discard()
+        return None
+
+    async def _spawn(self, plan_ops: list[SetupOp], fds: list[int]) -> tuple[int, int]:
+        """Have the fork helper clone the init, into its cgroup where the kernel can."""
+        container = self.container
         cgroup_fd = container.cgroup.clone_fd() if container.cgroup is not None else None
         if cgroup_fd is not None:
             self._child_ends.append(cgroup_fd)
@@ -76,18 +123,9 @@ class Launch:
             has_console_socket=self._console is not None,
             has_cgroup_fd=cgroup_fd is not None,
         )
-        fds = [sync_r, errors_w, *stdio]
-        if self._console is not None:
-            fds.append(console_child)
         if cgroup_fd is not None:
-            fds.append(cgroup_fd)
-        try:
-            self.pid, pidfd = await self.helper.spawn(request, fds)
-        finally:
-            self._close_child_ends()
-        self.cloned_at = time.monotonic()
-        container.pid, container.pidfd = self.pid, pidfd
-        container.state = "created"
+            fds = [*fds, cgroup_fd]
+        return await self.helper.spawn(request, fds)
 
     def _devnull(self, flags: int) -> int:
         fd = os.open(os.devnull, flags | os.O_CLOEXEC)
@@ -245,6 +283,13 @@ class Launch:
         if self._sync_w is not None:
             os.close(self._sync_w)
             self._sync_w = None
+
+    async def discard_spare(self) -> None:
+        """The start failed before :meth:`clone` took the spare: end its process (its
+        cgroup and record are the container's, released with it)."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            await spare.discard()
 
     def close_all(self) -> None:
         self.abort()

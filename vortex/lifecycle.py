@@ -40,6 +40,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from vortex.ops import SetupOp
     from vortex.pluginmanager import Plugins
+    from vortex.spare import SpareInit
     from vortex.spec import ContainerSpec
 
 OUTPUT_DRAIN_TIMEOUT = 5.0
@@ -100,15 +101,19 @@ def open_host(
     return host
 
 
-def new_container(host: Host, spec: ContainerSpec) -> Container:
-    """Validate ``spec``; a Container with its id, state record and (empty) cgroup.
+def new_container(host: Host, spec: ContainerSpec, spare: SpareInit | None = None) -> Container:
+    """Validate ``spec``; a Container with its id, state record and (empty) cgroup,
+    or with those ``spare`` came with (vortex/spare.py; its init is in the cgroup).
 
-    On failure nothing is left behind; on success :func:`release` undoes it.
+    On failure nothing is left behind (and ``spare`` is untouched); on success
+    :func:`release` undoes it.
     """
     spec.validate()
+    # A spare without an id (cgroup v1) is a process only: the container gets its own.
+    taken = spare.container_id if spare is not None else None
     # What secrets.token_hex(16) returns, without importing hmac and hashlib
     # (~3-4 ms of a cold start) for it.
-    container_id = os.urandom(16).hex()
+    container_id = taken if taken is not None else os.urandom(16).hex()
     container = Container(
         spec,
         container_id,
@@ -117,6 +122,11 @@ def new_container(host: Host, spec: ContainerSpec) -> Container:
     )
     container.state_dir = host.state
     parent = host.cgroups.parent if host.cgroups is not None else ""
+    if spare is not None and taken is not None:
+        if container.name != spare.recorded_name:
+            host.state.record(container_id, container.name, container_id, parent)
+        container.cgroup = spare.cgroup
+        return container
     host.state.record(container_id, container.name, container_id, parent)
     if host.cgroups is not None:
         try:

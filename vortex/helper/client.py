@@ -15,7 +15,7 @@ import anyio
 from vortex import _linux as L
 from vortex.cgroups import warmup
 from vortex.errors import HelperError
-from vortex.helper.plan import SpawnRequest
+from vortex.helper.plan import SpareRequest, SpawnRequest
 from vortex.helper.server import MAX_INLINE_REQUEST, MAX_REQUEST, SPILLED_REQUEST, serve
 
 
@@ -57,9 +57,9 @@ class ForkHelper:
             theirs.close()
         return cls(ours, popen.pid, popen)
 
-    async def spawn(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
+    async def spawn(self, request: SpawnRequest | SpareRequest, fds: list[int]) -> tuple[int, int]:
         """Ask for one clone; returns ``(pid, pidfd)``.  The fds are only lent."""
-        with _encoded(request, fds) as (payload, fds):
+        with encoded(request, fds) as (payload, fds):
             async with self._lock:
                 if self._closed:
                     raise HelperError("the fork helper is closed")
@@ -69,7 +69,7 @@ class ForkHelper:
 
     def spawn_blocking(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
         """:meth:`spawn` for a caller without an event loop (one request at a time)."""
-        with _encoded(request, fds) as (payload, fds):
+        with encoded(request, fds) as (payload, fds):
             self._send(payload, fds)
             return self._receive()
 
@@ -111,8 +111,10 @@ class ForkHelper:
 
 
 @contextlib.contextmanager
-def _encoded(request: SpawnRequest, fds: list[int]) -> Iterator[tuple[bytes, list[int]]]:
-    """The message and fds that carry ``request``."""
+def encoded(
+    request: SpawnRequest | SpareRequest, fds: list[int]
+) -> Iterator[tuple[bytes, list[int]]]:
+    """The message and fds that carry ``request`` (to the helper, or to a spare init)."""
     payload = pickle.dumps(request)
     if len(payload) > MAX_REQUEST:
         raise HelperError(

@@ -40,3 +40,14 @@ class SpawnRequest:
     clone_flags: int
     has_console_socket: bool
     has_cgroup_fd: bool
+
+
+@record
+class SpareRequest:
+    """Clone an init that waits for its :class:`SpawnRequest` (vortex/spare.py).
+
+    Sent with one fd, the init's end of the socket the request will come on,
+    then the cgroup's fd when ``has_cgroup_fd``."""
+
+    clone_flags: int
+    has_cgroup_fd: bool

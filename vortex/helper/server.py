@@ -11,6 +11,11 @@ Protocol (one SOCK_SEQPACKET socket to the Runtime): each request is a pickled
 reply is ``("ok", pid)`` with the pidfd attached, or ``("error", errno, text)``.
 The child is cloned with CLONE_PARENT, so it is the *Runtime's* child and the
 Runtime reaps it with ``waitid(P_PIDFD)``.
+
+A :class:`~vortex.helper.plan.SpareRequest` clones a *spare* init instead: it
+waits on a socket of its own for the SpawnRequest of the container that will
+take it (vortex/spare.py), in the same encoding, and then runs exactly as a
+child cloned for that request would.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sys
 
 from vortex import _linux as L
 from vortex.helper.init import run_init
-from vortex.helper.plan import FD_ORDER, SpawnRequest
+from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
 
 MAX_REQUEST = 4 << 20
 """Upper bound of a pickled request: the kernel refuses an argv + environment above
@@ -42,16 +47,8 @@ def serve(sock: socket.socket) -> None:
     status = 0
     try:
         _prepare_process()
-        while True:
-            try:
-                message, fds, _flags, _addr = socket.recv_fds(sock, MAX_INLINE_REQUEST, MAX_FDS)
-            except InterruptedError:
-                continue
-            if not message:
-                break  # the Runtime closed the socket: we are done
-            if message == SPILLED_REQUEST:
-                message, fds = _read_spilled(fds[0]), fds[1:]
-            _handle(sock, pickle.loads(message), fds)
+        while (received := receive_request(sock)) is not None:
+            _handle(sock, *received)
     except BaseException:
         status = 1
     finally:
@@ -69,12 +66,36 @@ def _prepare_process() -> None:
     L.set_parent_death_signal(signal.SIGKILL)
 
 
-def _handle(sock: socket.socket, request: SpawnRequest, fds: list[int]) -> None:
+def receive_request(sock: socket.socket) -> tuple[SpawnRequest | SpareRequest, list[int]] | None:
+    """The next request and its fds; None once the other end closed the socket."""
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_INLINE_REQUEST, MAX_FDS)
+        except InterruptedError:
+            continue
+        if not message:
+            _close(fds)
+            return None
+        if message == SPILLED_REQUEST:
+            message, fds = _read_spilled(fds[0]), fds[1:]
+        request: SpawnRequest | SpareRequest = pickle.loads(message)
+        return request, fds
+
+
+def named_fds(request: SpawnRequest, fds: list[int]) -> tuple[dict[str, int], int | None]:
+    """The init's fds by name (FD_ORDER, then the console socket), and the cgroup fd."""
     named = dict(zip(FD_ORDER, fds, strict=False))
     extra = fds[len(FD_ORDER) :]
     if request.has_console_socket:
         named["console"] = extra.pop(0)
-    cgroup_fd = extra.pop(0) if request.has_cgroup_fd else None
+    return named, extra.pop(0) if request.has_cgroup_fd else None
+
+
+def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list[int]) -> None:
+    if isinstance(request, SpareRequest):
+        named, cgroup_fd = {"spare": fds[0]}, fds[1] if request.has_cgroup_fd else None
+    else:
+        named, cgroup_fd = named_fds(request, fds)
     try:
         pid, pidfd = L.clone3(request.clone_flags, cgroup_fd=cgroup_fd, parent=True)
     except OSError as exc:
@@ -84,12 +105,35 @@ def _handle(sock: socket.socket, request: SpawnRequest, fds: list[int]) -> None:
         return
     if pid == 0:
         sock.close()
-        run_init(request.plan, named)  # never returns
+        if isinstance(request, SpareRequest):
+            _wait_as_spare(named["spare"])  # never returns
+        else:
+            run_init(request.plan, named)  # never returns
     try:
         socket.send_fds(sock, [pickle.dumps(("ok", pid))], [pidfd])
     finally:
         os.close(pidfd)
         _close(fds)
+
+
+def _wait_as_spare(fd: int) -> None:
+    """In a spare init: wait for the request of the container that takes us, then be
+    its init.  Never returns: EOF (the Runtime discarded us) exits."""
+    status = 1
+    try:
+        # As run_init does first: the Runtime's death must not leave us waiting.
+        L.set_parent_death_signal(signal.SIGKILL)
+        L.set_process_name("vortex-spare")  # what ps shows while it waits
+        with socket.socket(fileno=fd) as spare:
+            received = receive_request(spare)
+        if received is not None:
+            request, fds = received
+            assert isinstance(request, SpawnRequest)
+            named, _no_cgroup_fd = named_fds(request, fds)
+            run_init(request.plan, named)  # never returns
+        status = 0
+    finally:
+        os._exit(status)
 
 
 def _read_spilled(memfd: int) -> bytes:

@@ -1,0 +1,202 @@
+"""The spare init (vortex/spare.py): the next container's init, cloned ahead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import vortex
+from tests.conftest import reachable_copy
+from vortex.container import Container
+from vortex.hookspecs import hookimpl
+from vortex.security.options import SecurityOptions
+from vortex.security.policy import SecurityPolicy
+from vortex.spec import ContainerSpec, Stdio
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+]
+
+USER_NAMESPACE = "200000:65536"
+
+
+def spec(rootfs: Path, *command: str, **kwargs: object) -> ContainerSpec:
+    kwargs.setdefault("stdout", Stdio.CAPTURE)
+    kwargs.setdefault("stdin", Stdio.NULL)
+    return ContainerSpec(rootfs=rootfs, command=list(command), **kwargs)  # type: ignore[arg-type]
+
+
+def process(pid: int) -> tuple[str, str, int] | None:
+    """(name, state, parent PID) of a process; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            name_part, rest = f.read().rsplit(")", 1)
+    except FileNotFoundError:
+        return None
+    fields = rest.split()
+    return name_part.split("(", 1)[1], fields[0], int(fields[1])
+
+
+def cgroup_v2_path(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next(line for line in f.read().splitlines() if line.startswith("0::"))[3:]
+
+
+async def test_the_next_container_takes_the_spare(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        assert await rt.spare() is None  # nothing is cloned before the first start
+        assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
+        spare = await rt.spare()
+        assert spare is not None
+        # Waiting, cloned with CLONE_PARENT: our child, as every init is.
+        assert process(spare.pid) == ("vortex-spare", "S", os.getpid())
+        container = await rt.start(spec(rootfs, "/bin/sh", "-c", "echo $$"))
+        assert container.pid == spare.pid
+        if rt.cgroups is not None and rt.cgroups.version == 2:
+            # Cloned into the cgroup it came with, which is now the container's.
+            assert container.id == spare.container_id and container.cgroup is spare.cgroup
+        else:
+            assert spare.container_id is None and spare.cgroup is None
+        result = await container.wait()
+        assert (result.exit_code, result.stdout) == (0, b"1\n")  # PID 1 of its namespace
+        # The helper cloned the next one meanwhile.
+        following = await rt.spare()
+        assert following is not None and following.pid != spare.pid
+    assert process(following.pid) is None  # ended and reaped with the Runtime
+
+
+@pytest.mark.cgroup2
+async def test_spare_on_cgroup_v2_is_in_its_own_cgroup(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        await rt.run(spec(rootfs, "/bin/true"))
+        spare = await rt.spare()
+        assert spare is not None and spare.container_id is not None
+        assert cgroup_v2_path(spare.pid).endswith(f"/{spare.container_id}")
+        assert (Path("/run/vortex/containers") / f"{spare.container_id}.json").exists()
+        named = await rt.run(spec(rootfs, "/bin/true", name="named-after-spare"))
+        assert named.container_id == spare.container_id and named.name == "named-after-spare"
+    assert not (Path("/run/vortex/containers") / f"{spare.container_id}.json").exists()
+
+
+async def test_without_spares_nothing_waits(rootfs: Path) -> None:
+    async with vortex.Runtime(spare_init=False) as rt:
+        assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
+        assert await rt.spare() is None
+        names = [process(pid) for pid in _children()]
+        assert [entry[0] for entry in names if entry] == ["vortex-helper"]
+
+
+async def test_a_user_namespace_container_leaves_the_spare_waiting(rootfs: Path) -> None:
+    with reachable_copy(rootfs, "vortex-spare-userns-") as reachable:
+        async with vortex.Runtime() as rt:
+            await rt.run(spec(reachable, "/bin/true"))
+            spare = await rt.spare()
+            assert spare is not None
+            userns = spec(reachable, "/bin/true", security=SecurityOptions(userns=USER_NAMESPACE))
+            container = await rt.start(userns)
+            assert container.pid != spare.pid
+            assert (await container.wait()).exit_code == 0
+            assert await rt.spare() is spare
+            assert process(spare.pid) == ("vortex-spare", "S", os.getpid())
+
+
+class MapsIds:
+    """A security hook that asks for a user namespace the spec does not mention."""
+
+    @hookimpl(trylast=True)
+    def vortex_security(self, container: Container, policy: SecurityPolicy) -> None:
+        first = int(USER_NAMESPACE.split(":")[0])
+        policy.uid_map = ((0, first, 65536),)
+        policy.gid_map = ((0, first, 65536),)
+
+
+async def test_a_spare_with_the_wrong_namespaces_is_ended(rootfs: Path) -> None:
+    with reachable_copy(rootfs, "vortex-spare-hook-") as reachable:
+        async with vortex.Runtime(plugins=[MapsIds()]) as rt:
+            await rt.run(spec(reachable, "/bin/true"))
+            spare = await rt.spare()
+            assert spare is not None
+            container = await rt.start(spec(reachable, "/bin/cat", "/proc/self/uid_map"))
+            # The init has the user namespace the hook asked for, so not the spare's.
+            assert container.pid != spare.pid
+            result = await container.wait()
+            assert result.exit_code == 0 and result.stdout.split()[:2] == [b"0", b"200000"]
+            assert process(spare.pid) is None  # ended and reaped, not left a zombie
+            following = await rt.spare()
+            assert following is not None and following.pid != spare.pid
+
+
+async def test_a_spare_that_died_is_replaced_by_a_clone(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        await rt.run(spec(rootfs, "/bin/true"))
+        spare = await rt.spare()
+        assert spare is not None
+        watch = os.pidfd_open(spare.pid)
+        try:
+            os.kill(spare.pid, signal.SIGKILL)
+            # Until it has exited (its socket closed): then sending to it fails.
+            await anyio.wait_readable(watch)
+        finally:
+            os.close(watch)
+        container = await rt.start(spec(rootfs, "/bin/echo", "still runs"))
+        assert container.pid != spare.pid
+        result = await container.wait()
+        assert (result.exit_code, result.stdout) == (0, b"still runs\n")
+        assert process(spare.pid) is None  # reaped
+
+
+SPARE_THEN_HANG = """
+import sys, anyio, vortex
+from vortex.spec import ContainerSpec
+async def main():
+    async with vortex.Runtime() as rt:
+        await rt.run(ContainerSpec(rootfs=sys.argv[1], command=["/bin/true"]))
+        spare = await rt.spare()
+        print(spare.pid, flush=True)
+        await anyio.sleep(60)
+anyio.run(main)
+"""
+
+
+def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
+    """SIGKILLed, the Runtime cannot end its spare: the parent-death signal does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPARE_THEN_HANG, str(rootfs)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        spare_pid = int(proc.stdout.readline())
+        assert process(spare_pid) is not None
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while (state := process(spare_pid)) is not None and state[1] != "Z":
+            assert time.monotonic() < deadline, f"the spare outlived its Runtime: {state}"
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    # What it left on cgroup v2 (a state record and a cgroup) the next Runtime sweeps,
+    # as for any container of a Runtime that died: tests/test_runtime.py checks that.
+
+
+def _children() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        info = process(int(entry)) if entry.isdigit() else None
+        if info is not None and info[2] == os.getpid():
+            found.append(int(entry))
+    return found

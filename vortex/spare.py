@@ -1,0 +1,174 @@
+"""A spare init: the next container's init, cloned before anyone asks for it.
+
+Why: in a warm Runtime, the fork helper's clone (the request, a fork of a
+Python process, five new namespaces, the reply with its pidfd) takes ~1.5 ms
+of the ~8.5 ms between ``Runtime.run`` and the command's ``execve``, and the
+caller waits for all of it.  So a Runtime keeps one init cloned ahead, in its
+namespaces, waiting on a socket of its own (its process name is
+``vortex-spare``).  The next container whose spec allows it takes the spare:
+the request the fork helper would have been sent goes to the spare, which
+from then on runs exactly as a freshly cloned init.  Meanwhile the helper
+clones the next spare, while that container runs.
+
+On cgroup v2 the spare comes with what a container gets before its clone: an
+id, a state record and a cgroup, because it is cloned into that cgroup
+(CLONE_INTO_CGROUP, as every v2 init: moving it later would wait for the
+kernel's cgroup lock, see cgroups/warmup.py).  The container that takes it
+gets that id and cgroup.  So on v2 a Runtime's idle spare shows as one
+cgroup holding one ``vortex-spare`` process, and a container that took a
+spare has its init in ``container.cgroup`` already when ``vortex_prepare``
+runs (``container.pid`` is still ``None`` there).  On v1 the spare is only a
+process: the container's cgroup is created and the init attached as for a
+freshly cloned one.
+
+The cost: one waiting process (a copy-on-write fork of the helper) and its
+namespaces per Runtime, and one clone thrown away when the Runtime closes.
+``Runtime(spare_init=False)`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+
+import anyio
+
+from vortex import log, rootless
+from vortex.errors import VortexError
+from vortex.helper.client import ForkHelper, encoded
+from vortex.helper.plan import SpareRequest, SpawnRequest
+from vortex.lifecycle import NAMESPACE_FLAGS, Host
+from vortex.spec import ContainerSpec
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from vortex.cgroups import Cgroup
+
+
+def may_take(spec: ContainerSpec) -> bool:
+    """Whether a container of ``spec`` will most likely be cloned with the spare's
+    flags.  A user namespace (``--userns``, rootless, an OCI bundle's literal
+    configuration) changes them; a security hook that asks for one is caught later,
+    by :meth:`SpareInit.fits`."""
+    options = spec.security
+    return options.userns is None and options.literal is None and not rootless.is_rootless()
+
+
+class SpareInit:
+    """One init waiting for its container's request; owns its pidfd and socket until
+    :meth:`hand_over` (then the container owns the pidfd) or :meth:`discard`."""
+
+    def __init__(
+        self,
+        container_id: str | None,
+        cgroup: Cgroup | None,
+        pid: int,
+        pidfd: int,
+        requests: socket.socket,
+        *,
+        in_cgroup: bool,
+    ) -> None:
+        self.container_id = container_id
+        """The id (with a state record) the spare's cgroup was made for; None on v1."""
+        self.cgroup = cgroup
+        self.pid = pid
+        self.pidfd: int | None = pidfd
+        self._requests = requests
+        self.in_cgroup = in_cgroup
+        """Cloned into ``cgroup`` (cgroup v2); on v1 the Runtime attaches it when taken."""
+        self.clone_flags = NAMESPACE_FLAGS
+        self.recorded_name = container_id[:12] if container_id is not None else None
+        """The name in its state record: a container's default name."""
+
+    @classmethod
+    async def clone(cls, host: Host, helper: ForkHelper) -> SpareInit:
+        """Have the helper clone a spare; on cgroup v2 first record an id and create
+        its cgroup, to clone the spare into.  On failure nothing is left behind."""
+        container_id = None
+        if host.cgroups is not None and host.cgroups.version == 2:
+            container_id = os.urandom(16).hex()
+            parent = host.cgroups.parent
+            host.state.record(container_id, container_id[:12], container_id, parent)
+        cgroup = None
+        ours = None
+        try:
+            if host.cgroups is not None and container_id is not None:
+                cgroup = host.cgroups.create(container_id)
+            ours, theirs = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+            )
+            cgroup_fd = cgroup.clone_fd() if cgroup is not None else None
+            fds = [theirs.fileno()] + ([cgroup_fd] if cgroup_fd is not None else [])
+            try:
+                request = SpareRequest(NAMESPACE_FLAGS, has_cgroup_fd=cgroup_fd is not None)
+                pid, pidfd = await helper.spawn(request, fds)
+            finally:
+                theirs.close()
+                if cgroup_fd is not None:
+                    os.close(cgroup_fd)
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            if cgroup is not None:
+                with contextlib.suppress(VortexError):
+                    cgroup.remove()
+            if container_id is not None:
+                host.state.forget(container_id)
+            raise
+        return cls(container_id, cgroup, pid, pidfd, ours, in_cgroup=cgroup_fd is not None)
+
+    def fds(self) -> list[int]:
+        """The descriptors the spare holds in the Runtime (for leak accounting)."""
+        held = [] if self._requests.fileno() < 0 else [self._requests.fileno()]
+        return held + ([self.pidfd] if self.pidfd is not None else [])
+
+    def fits(self, request: SpawnRequest) -> bool:
+        """The container's init needs the namespaces the spare was cloned with."""
+        return request.clone_flags == self.clone_flags
+
+    def hand_over(self, request: SpawnRequest, fds: list[int]) -> int:
+        """Send the spare its container's request (the fds are only lent); returns the
+        pidfd, which the caller owns from now on.  OSError when the spare is gone."""
+        with encoded(request, fds) as (payload, lent):
+            socket.send_fds(self._requests, [payload], lent)
+        self._requests.close()
+        pidfd, self.pidfd = self.pidfd, None
+        assert pidfd is not None
+        return pidfd
+
+    async def discard(self) -> None:
+        """End the spare's process and reap it.  Its id, record and cgroup stay: a
+        container that took them keeps them, :meth:`release` frees them otherwise."""
+        self._requests.close()
+        pidfd, self.pidfd = self.pidfd, None
+        if pidfd is None:
+            return
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with anyio.CancelScope(shield=True):
+                await anyio.wait_readable(pidfd)
+            # Does not block: the pidfd is readable, so the spare is a zombie.
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222
+        finally:
+            os.close(pidfd)
+
+    async def release(self, host: Host) -> None:
+        """Nobody took the spare (the Runtime closes): discard it and free its cgroup
+        and record."""
+        await self.discard()
+        if self.container_id is None:
+            return
+        if self.cgroup is not None:
+            try:
+                self.cgroup.remove()
+            except VortexError as exc:
+                log.emit(
+                    "error",
+                    "cgroup.remove_failed",
+                    container_id=self.container_id,
+                    error=str(exc),
+                )
+        host.state.forget(self.container_id)
