@@ -93,6 +93,7 @@ class Runtime:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._containers: dict[str, Container] = {}
         self._launches: dict[str, Launch] = {}
+        self._oom_watchers: dict[str, _OomWatcher] = {}
         self.plugin_manager: pluggy.PluginManager | None = None
         self.cgroups: cgroups.CgroupBackend | None = None
         self._host: Host | None = None
@@ -207,7 +208,8 @@ class Runtime:
             # the exec instead, it slows down the exit by as much: measured.)
             self._clone_spare_soon()
             self._task_group.start_soon(self._watch, container, launch)
-            _start_oom_watch(self._task_group, container)
+            if (watcher := _OomWatcher.start(self._task_group, container)) is not None:
+                self._oom_watchers[container.id] = watcher
             launch.start_output_tasks(self._task_group)
             if container.cgroup is not None and not launch.cloned_into_cgroup:
                 warmup.stop()
@@ -343,46 +345,74 @@ class Runtime:
         launch.close_all()
         self._containers.pop(container.id, None)
         self._launches.pop(container.id, None)
-        _stop_oom_watch(container)
+        watcher = self._oom_watchers.pop(container.id, None)
+        if watcher is not None:
+            await watcher.stop()
         container._finish(result)
 
 
-def _start_oom_watch(task_group: anyio.abc.TaskGroup, container: Container) -> None:
-    """Open the container's OOM notification fd now (vortex.cgroups.oom) and await it
-    in a task; _finish closes it, so it never outlives the container."""
-    from vortex.cgroups.oom import OomWatch
+class _OomWatcher:
+    """A container's OOM notification fd (vortex.cgroups.oom) and the task awaiting it.
 
-    watch = OomWatch.open(container.cgroup) if container.cgroup is not None else None
-    if watch is not None:
+    Only that task closes the fd, once its own wait has ended.  Why: anyio's
+    asyncio backend ends a ``wait_readable`` by unregistering whatever wait is
+    registered under the fd's *number*.  When another task closed the fd
+    (``notify_closing``, then ``close``), a wait started meanwhile on the reused
+    number (the next container's error pipe) lost its registration when the
+    woken watcher ran on, and never woke: a start hung (seen with two starts at
+    a time).
+    """
+
+    def __init__(self, container: Container, watch: OomWatch) -> None:
+        self._container = container
+        self._watch = watch
+        self._scope = anyio.CancelScope()
+        self._closed = anyio.Event()
+
+    @classmethod
+    def start(cls, task_group: anyio.abc.TaskGroup, container: Container) -> _OomWatcher | None:
+        """Open the watch now (before the init runs) and await it in a task."""
+        from vortex.cgroups.oom import OomWatch
+
+        watch = OomWatch.open(container.cgroup) if container.cgroup is not None else None
+        if watch is None:
+            return None
         container._oom_watch = watch
-        task_group.start_soon(_watch_oom, container, watch)
+        watcher = cls(container, watch)
+        task_group.start_soon(watcher._run)
+        return watcher
 
+    async def stop(self) -> None:
+        """End the task and wait until it has closed the fd."""
+        self._scope.cancel()
+        await self._closed.wait()
 
-def _stop_oom_watch(container: Container) -> None:
-    watch, container._oom_watch = container._oom_watch, None
-    if watch is not None and watch.fd >= 0:
-        anyio.notify_closing(watch.fd)
-        watch.close()
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                await self._report_kills()
+        finally:
+            self._container._oom_watch = None
+            self._watch.close()
+            self._closed.set()
 
+    async def _report_kills(self) -> None:
+        """Emit ``container.oom`` and feed Container.oom_events() each time the kernel
+        signals the fd and the oom_kill counter grew."""
+        from vortex.cgroups.oom import RECHECK_DELAYS, report_new_kills
 
-async def _watch_oom(container: Container, watch: OomWatch) -> None:
-    """Report OOM kills while the container runs: emit ``container.oom`` and feed
-    Container.oom_events() each time the kernel signals the fd and oom_kill grew."""
-    from vortex.cgroups.oom import RECHECK_DELAYS, report_new_kills
-
-    # Read first: an OOM before the watch existed sent no notification.
-    retries: tuple[float, ...] = (0.0,)
-    with contextlib.suppress(anyio.ClosedResourceError, OSError):
-        while watch.fd >= 0:
-            for delay in retries:
-                await anyio.sleep(delay)
-                if report_new_kills(container, watch):
-                    break
-            if watch.fd < 0:
-                break
-            await anyio.wait_readable(watch.fd)
-            watch.drain()
-            retries = RECHECK_DELAYS
+        container, watch = self._container, self._watch
+        # Read first: an OOM before the watch existed sent no notification.
+        retries: tuple[float, ...] = (0.0,)
+        with contextlib.suppress(OSError):
+            while True:
+                for delay in retries:
+                    await anyio.sleep(delay)
+                    if report_new_kills(container, watch):
+                        break
+                await anyio.wait_readable(watch.fd)
+                watch.drain()
+                retries = RECHECK_DELAYS
 
 
 async def _wait_pidfd(pidfd: int) -> None:
