@@ -3,7 +3,8 @@
 Measures, under one supervisor (a real ``vortex supervise`` subprocess):
 
 - the time from the supervisor's start until every container is running;
-- the supervisor's RSS (its own process; the fork helper separately) per container;
+- the supervisor's RSS (its own process; the fork helper and the spare init
+  separately) per container;
 - the CPU the idle supervisor uses (utime+stime over a quiet window);
 - the time from a container's exit to its restart (``exited`` → ``started``
   events of a container that exits at once with ``restart = "always"`` and
@@ -63,6 +64,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def _name(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -120,7 +126,9 @@ def measure(count: int, rootfs: Path, idle_window: float, restarts: int) -> dict
 
         call(sock, {"cmd": "stop", "name": "churn"}, timeout=60)
         time.sleep(1.0)
-        helper = [p for p in _children(proc.pid) if p not in _container_pids(sock)]
+        others = [p for p in _children(proc.pid) if p not in _container_pids(sock)]
+        helper = [p for p in others if _name(p) == "vortex-helper"]
+        spare = [p for p in others if _name(p) == "vortex-spare"]  # vortex/spare.py
         cpu_before = _cpu_seconds(proc.pid)
         time.sleep(idle_window)
         idle_cpu = (_cpu_seconds(proc.pid) - cpu_before) / idle_window
@@ -128,6 +136,8 @@ def measure(count: int, rootfs: Path, idle_window: float, restarts: int) -> dict
         pss = _pss_kib(proc.pid)
         helper_rss = sum(_rss_kib(p) for p in helper)
         helper_pss = sum(_pss_kib(p) for p in helper)
+        spare_rss = sum(_rss_kib(p) for p in spare)
+        spare_pss = sum(_pss_kib(p) for p in spare)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -147,6 +157,8 @@ def measure(count: int, rootfs: Path, idle_window: float, restarts: int) -> dict
         "supervisor_pss_kib_per_container": round(pss / count, 1),
         "fork_helper_rss_kib": helper_rss,
         "fork_helper_pss_kib": helper_pss,
+        "spare_init_rss_kib": spare_rss,
+        "spare_init_pss_kib": spare_pss,
         "idle_cpu_fraction": round(idle_cpu, 4),
         "restart_latency_ms_median": round(statistics.median(latencies) * 1000, 2),
         "restart_latency_ms_p90": round(sorted(latencies)[int(len(latencies) * 0.9)] * 1000, 2),
