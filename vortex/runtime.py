@@ -191,9 +191,10 @@ class Runtime:
         hooks, and leave it waiting: :meth:`resume` lets it set up and exec."""
         assert self._helper is not None and self._task_group is not None
         assert self._host is not None and self.plugin_manager is not None
-        if self._spare_cloned is not None and may_take(spec):
+        fits_a_spare = may_take(spec)
+        if self._spare_cloned is not None and fits_a_spare:
             await self._spare_cloned.wait()  # on its way: sooner than a clone of our own
-        spare = self._spare if self._spare is not None and may_take(spec) else None
+        spare = self._spare if fits_a_spare else None
         container = new_container(self._host, spec, spare)
         if spare is not None:
             self._spare = None
