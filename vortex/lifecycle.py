@@ -123,7 +123,7 @@ def new_container(host: Host, spec: ContainerSpec, spare: SpareInit | None = Non
     container.state_dir = host.state
     parent = host.cgroups.parent if host.cgroups is not None else ""
     if spare is not None and taken is not None:
-        if container.name != spare.recorded_name:
+        if container.name != container_id[:12]:  # the spare recorded the default name
             host.state.record(container_id, container.name, container_id, parent)
         container.cgroup = spare.cgroup
         return container
@@ -241,12 +241,18 @@ def collect_result(
 
 def release(host: Host, container: Container) -> None:
     """After the exit hooks: remove the cgroup and the state record."""
-    if container.cgroup is not None:
+    release_id(host, container.id, container.cgroup)
+
+
+def release_id(host: Host, container_id: str, cgroup: cgroups.Cgroup | None) -> None:
+    """Remove ``cgroup`` (if any) and the state record of ``container_id``: a
+    container's after its exit, or an unused spare's (vortex/spare.py)."""
+    if cgroup is not None:
         try:
-            container.cgroup.remove()
+            cgroup.remove()
         except VortexError as exc:
-            log.emit("error", "cgroup.remove_failed", container_id=container.id, error=str(exc))
-    host.state.forget(container.id)
+            log.emit("error", "cgroup.remove_failed", container_id=container_id, error=str(exc))
+    host.state.forget(container_id)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -35,11 +35,11 @@ import socket
 
 import anyio
 
-from vortex import log, rootless
+from vortex import rootless
 from vortex.errors import VortexError
 from vortex.helper.client import ForkHelper, encoded
 from vortex.helper.plan import SpareRequest, SpawnRequest
-from vortex.lifecycle import NAMESPACE_FLAGS, Host
+from vortex.lifecycle import NAMESPACE_FLAGS, Host, release_id
 from vortex.spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -79,8 +79,6 @@ class SpareInit:
         self.in_cgroup = in_cgroup
         """Cloned into ``cgroup`` (cgroup v2); on v1 the Runtime attaches it when taken."""
         self.clone_flags = NAMESPACE_FLAGS
-        self.recorded_name = container_id[:12] if container_id is not None else None
-        """The name in its state record: a container's default name."""
 
     @classmethod
     async def clone(cls, host: Host, helper: ForkHelper) -> SpareInit:
@@ -159,16 +157,5 @@ class SpareInit:
         """Nobody took the spare (the Runtime closes): discard it and free its cgroup
         and record."""
         await self.discard()
-        if self.container_id is None:
-            return
-        if self.cgroup is not None:
-            try:
-                self.cgroup.remove()
-            except VortexError as exc:
-                log.emit(
-                    "error",
-                    "cgroup.remove_failed",
-                    container_id=self.container_id,
-                    error=str(exc),
-                )
-        host.state.forget(self.container_id)
+        if self.container_id is not None:
+            release_id(host, self.container_id, self.cgroup)
