@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,38 @@ def test_runs_are_served_by_the_daemon(daemon: Daemon, rootfs: Path) -> None:
     proc = run_vortex("run", str(rootfs), "/bin/sh", "-c", "echo out; echo err >&2; exit 7")
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, b"out\n", b"err\n")
     assert len(daemon.events("daemon.served")) == served + 1
+
+
+def imported_modules(*command: str) -> set[str]:
+    """The modules ``python -X importtime`` reports for ``command`` (which must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+
+
+def test_the_installed_command_reaches_the_daemon_on_the_interpreter_alone(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    """The ``vortex`` that pip installed is contrib/bin/vortex, not the launcher pip
+    writes for an entry point (which imports ``re``, ~6 ms of a ~20 ms served run):
+    between the interpreter's own start and the daemon's answer, no ``re``, no
+    ``argparse``, no ``enum``."""
+    script = Path(sysconfig.get_paths()["scripts"]) / "vortex"
+    assert "import re" not in script.read_text(), f"{script} is not contrib/bin/vortex"
+    served = len(daemon.events("daemon.served"))
+    added = imported_modules(str(script), "run", str(rootfs), "/bin/true") - imported_modules(
+        "-c", "pass"
+    )
+    assert len(daemon.events("daemon.served")) == served + 1
+    assert "vortex.daemon.client" in added
+    assert not {"re", "argparse", "enum"} & added, sorted(added)
 
 
 def test_relative_rootfs_is_the_clients(daemon: Daemon, rootfs: Path) -> None:
