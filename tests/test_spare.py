@@ -86,6 +86,28 @@ async def test_spare_on_cgroup_v2_is_in_its_own_cgroup(rootfs: Path) -> None:
     assert not (Path("/run/vortex/containers") / f"{spare.container_id}.json").exists()
 
 
+async def test_after_an_idle_pause_the_next_spare_is_cloned_at_the_exit(rootfs: Path) -> None:
+    """Runtime._next_spare_at_exit: a start that finds the Runtime idle (for longer
+    than a clone takes) leaves the kernel to its container, and the next spare is
+    cloned once that container exited; a start beside a running container has
+    the next one cloned right away."""
+    async with vortex.Runtime() as rt:
+        first = await rt.start(spec(rootfs, "/bin/sleep", "60"))  # the helper clones it
+        assert await rt.spare() is not None  # cloned right away: no spare was taken
+        second = await rt.start(spec(rootfs, "/bin/sleep", "60"))  # takes it, beside first
+        assert await rt.spare() is not None  # so the next one is cloned right away too
+        for container in (first, second):
+            container.kill(signal.SIGKILL)
+            await container.wait()
+        await anyio.sleep(0.5)  # idle: far longer than a clone (~2 ms)
+        third = await rt.start(spec(rootfs, "/bin/sleep", "60"))
+        assert await rt.spare() is None  # nothing is cloned while it runs
+        third.kill(signal.SIGKILL)
+        await third.wait()
+        following = await rt.spare()
+        assert following is not None and process(following.pid) is not None
+
+
 async def test_without_spares_nothing_waits(rootfs: Path) -> None:
     async with vortex.Runtime(spare_init=False) as rt:
         assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
