@@ -146,6 +146,28 @@ def test_exec_failure_comes_back_as_one_line(daemon: Daemon, rootfs: Path) -> No
     assert len(daemon.events("daemon.served")) == served
 
 
+def test_a_request_sent_after_a_pause_is_waited_for(daemon: Daemon, rootfs: Path) -> None:
+    """The daemon reads a request at once when it is there (vortex run sends it
+    right after connecting) and waits for it otherwise."""
+    from vortex.daemon.protocol import EXIT, RUN, decode, encode
+
+    served = len(daemon.events("daemon.served"))
+    read, write = os.pipe()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client:
+        client.connect(str(daemon.socket_path))
+        time.sleep(0.3)  # the daemon has accepted and found nothing to read yet
+        request = encode(RUN, "/", "run", str(rootfs), "/bin/sh", "-c", "echo late; exit 3")
+        with open(os.devnull, "rb") as stdin:
+            socket.send_fds(client, [request], [stdin.fileno(), write, 2])
+        os.close(write)
+        client.settimeout(30)
+        kind, fields = decode(client.recv(4096))
+    with os.fdopen(read, "rb") as output:
+        assert output.read() == b"late\n"
+    assert (kind, fields[0]) == (EXIT, "3")
+    assert len(daemon.events("daemon.served")) == served + 1
+
+
 @pytest.mark.parametrize(
     "options",
     [["--no-plugin", "net"], ["--cgroup-parent", "vortex-daemon-test"], ["--tty"]],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from vortex import _import_module
-from vortex.errors import VortexError
 from vortex.standard_fds import open_standard_fds
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -131,10 +130,15 @@ def help_width() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(run_cli(argv))
+    sys.exit(run_cli(argv, exit_when_served=True))
 
 
-def run_cli(argv: Sequence[str] | None = None) -> int:
+def run_cli(argv: Sequence[str] | None = None, *, exit_when_served: bool = False) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return its exit status.
+
+    With ``exit_when_served``, a ``vortex run`` that a daemon served ends the
+    process at once instead (see :func:`_exit_at_once`).
+    """
     open_standard_fds()
     words = sys.argv[1:] if argv is None else list(argv)
     stop_warmup = None
@@ -145,6 +149,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
         served = run_through_daemon(words)
         if served is not None:
+            if exit_when_served:
+                _exit_at_once(served)
             return served
         # This process imports, starts one container and waits for it: the cyclic
         # garbage collector would only scan the freshly imported modules (~5% of a
@@ -158,6 +164,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
         warmup.start()
         stop_warmup = warmup.stop
+    # Not at the top: a run the daemon serves does without it (~0.2 ms).
+    from vortex.errors import VortexError
+
     try:
         parser = build_parser(command or "", list_all=lists_commands(words))
         args = parser.parse_args(words)
@@ -175,6 +184,25 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     finally:
         if stop_warmup is not None:
             stop_warmup()  # normally already stopped before the clone
+
+
+def _exit_at_once(status: int) -> None:
+    """Flush what was printed and end the process without the interpreter's
+    finalization: ~1.4 ms of a ~20 ms ``vortex run`` served by the daemon.
+
+    Only for a served run: the process then holds its standard streams and
+    nothing else (no plugin was loaded, no thread started, no file written), so
+    finalization would only tear down the freshly imported modules.
+    """
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stream: what was printed is lost either way
+    os._exit(status)
 
 
 if __name__ == "__main__":

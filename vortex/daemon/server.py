@@ -70,10 +70,7 @@ class RunDaemon:
         with conn:
             try:
                 _check_peer(conn)
-                await anyio.wait_readable(conn)
-                packet, fds, _flags, _addr = socket.recv_fds(
-                    conn, MAX_PACKET, 3, socket.MSG_CMSG_CLOEXEC
-                )
+                packet, fds = await _receive_request(conn)
                 status, message = await self._run(conn, packet, fds)
                 reply = encode(EXIT, status, message or "")
             except NotServed as why:
@@ -108,6 +105,20 @@ class RunDaemon:
         status, message = await run_in_foreground(self.runtime, spec, _relayed_signals(conn))
         log.emit("info", "daemon.served", status=status)
         return status, message
+
+
+async def _receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """The client's one request and its descriptors.  A client sends it right
+    after connecting: it is usually there already, one event-loop round trip sooner."""
+    while True:
+        try:
+            packet, fds, _flags, _addr = socket.recv_fds(
+                conn, MAX_PACKET, 3, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+            )
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_readable(conn)
+            continue
+        return packet, fds
 
 
 def client_spec(cwd: str, argv: list[str], fds: list[int]) -> ContainerSpec:
