@@ -7,8 +7,9 @@ caller waits for all of it.  So a Runtime keeps one init cloned ahead, in its
 namespaces, waiting on a socket of its own (its process name is
 ``vortex-spare``).  The next container whose spec allows it takes the spare:
 the request the fork helper would have been sent goes to the spare, which
-from then on runs exactly as a freshly cloned init.  Meanwhile the helper
-clones the next spare, while that container runs.
+from then on runs exactly as a freshly cloned init.  The helper clones the
+next spare while that container runs, or once it exited when the start found
+the Runtime idle (``Runtime._next_spare_at_exit``).
 
 On cgroup v2 the spare comes with what a container gets before its clone: an
 id, a state record and a cgroup, because it is cloned into that cgroup
