@@ -93,6 +93,21 @@ def vortex_cgroups() -> set[str]:
     return found
 
 
+def imported_modules(*arguments: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules ``python -X importtime ARGUMENTS`` imports (the run must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *arguments],
+        stdin=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+
+
 def zombie_children() -> list[int]:
     """PIDs of zombie processes whose parent is this test process."""
     me = os.getpid()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VORTEX, run_vortex, vortex_cgroups
+from tests.conftest import VORTEX, imported_modules, run_vortex, vortex_cgroups
 from tests.test_cli_run import (  # noqa: F401  (collected again, now through the daemon)
     test_bad_input_one_line_error_distinct_status_nothing_left,
     test_containers_die_with_a_sigkilled_runtime,
@@ -96,20 +96,6 @@ def test_runs_are_served_by_the_daemon(daemon: Daemon, rootfs: Path) -> None:
     proc = run_vortex("run", str(rootfs), "/bin/sh", "-c", "echo out; echo err >&2; exit 7")
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, b"out\n", b"err\n")
     assert len(daemon.events("daemon.served")) == served + 1
-
-
-def imported_modules(*command: str) -> set[str]:
-    """The modules ``python -X importtime`` reports for ``command`` (which must succeed)."""
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", *command],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
 
 
 def test_the_installed_command_reaches_the_daemon_on_the_interpreter_alone(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VORTEX, check_oom_logged_while_running, run_python
+from tests.conftest import VORTEX, check_oom_logged_while_running, imported_modules, run_python
 from vortex import direct, pluginmanager
 from vortex.container import Container
 from vortex.errors import ExecError, PluginError, SpecError
@@ -203,17 +203,10 @@ imports none of them."""
 @pytest.mark.parametrize("tty", [[], ["--tty"]], ids=["plain", "terminal"])
 def test_cli_run_imports_no_event_loop(rootfs: Path, tty: list[str], tmp_path: Path) -> None:
     """Target 1 of the performance issue: nothing heavy before the container runs."""
-    done = subprocess.run(
-        [VORTEX[0], "-X", "importtime", *VORTEX[1:], "run", *tty, str(rootfs), "/bin/true"],
-        stdin=subprocess.DEVNULL,
+    imported = imported_modules(
+        *VORTEX[1:], "run", *tty, str(rootfs), "/bin/true",
         env={**os.environ, "VORTEX_DAEMON_SOCKET": str(tmp_path / "no-daemon.sock")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
+    )  # fmt: skip
     assert "vortex.direct" in imported
     heavy = {
         "asyncio",
