@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VORTEX, imported_modules, run_vortex, vortex_cgroups
+from tests.conftest import (
+    VORTEX,
+    host_is_pure_cgroup2,
+    imported_modules,
+    run_vortex,
+    vortex_cgroups,
+)
 from tests.test_cli_run import (  # noqa: F401  (collected again, now through the daemon)
     test_bad_input_one_line_error_distinct_status_nothing_left,
     test_containers_die_with_a_sigkilled_runtime,
@@ -35,6 +41,7 @@ from tests.test_cli_run import (  # noqa: F401  (collected again, now through th
     test_stdin_pipes_through,
     test_stdout_and_stderr_are_separate,
 )
+from tests.test_spare import assert_not_prefaulted, process, wait_until_prefaulted
 
 
 class Daemon:
@@ -114,6 +121,31 @@ def test_the_installed_command_reaches_the_daemon_on_the_interpreter_alone(
     assert len(daemon.events("daemon.served")) == served + 1
     assert "vortex.daemon.client" in added
     assert not {"re", "argparse", "enum"} & added, sorted(added)
+
+
+def test_the_daemons_spare_copies_its_memory_between_clients(daemon: Daemon, rootfs: Path) -> None:
+    """The daemon's Runtime has spare_prefault on: after a client's run, the next
+    spare takes its copy-on-write faults before the next client comes (where it
+    is not in a cgroup of its own: cgroup v1)."""
+    for _ in range(2):
+        time.sleep(0.3)  # a client after a pause: the next spare is cloned at the exit
+        assert run_vortex("run", str(rootfs), "/bin/true").returncode == 0
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 20
+    while not (spares := _children_named(daemon.proc.pid, "vortex-spare")):
+        assert time.monotonic() < deadline, "the daemon cloned no spare"
+        time.sleep(0.02)
+    assert len(spares) == 1, spares
+    if host_is_pure_cgroup2():
+        assert_not_prefaulted(spares[0])  # it is in a cgroup (vortex/spare.py)
+    else:
+        wait_until_prefaulted(spares[0])
+
+
+def _children_named(parent: int, name: str) -> list[int]:
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    return [pid for pid in children if (info := process(pid)) and info[0] == name]
 
 
 def test_relative_rootfs_is_the_clients(daemon: Daemon, rootfs: Path) -> None:

@@ -13,11 +13,12 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import reachable_copy
+from tests.conftest import host_is_pure_cgroup2, reachable_copy
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
 from vortex.security.options import SecurityOptions
 from vortex.security.policy import SecurityPolicy
+from vortex.spare import SpareInit
 from vortex.spec import ContainerSpec, Stdio
 
 pytestmark = [
@@ -106,6 +107,115 @@ async def test_after_an_idle_pause_the_next_spare_is_cloned_at_the_exit(rootfs: 
         await third.wait()
         following = await rt.spare()
         assert following is not None and process(following.pid) is not None
+
+
+def private_memory(pid: int) -> tuple[int, int]:
+    """(Private_Dirty, Rss) of a process in KiB: what it copied of the memory it
+    shares with its parent, against what it maps."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        values = dict(line.split(":", 1) for line in f.read().splitlines()[1:])
+    return int(values["Private_Dirty"].split()[0]), int(values["Rss"].split()[0])
+
+
+def wait_until_prefaulted(pid: int) -> None:
+    """Until the process holds a private copy of most of what it maps (or fail)."""
+    deadline = time.monotonic() + 20
+    while (memory := private_memory(pid))[0] < memory[1] // 2:
+        assert time.monotonic() < deadline, f"not prefaulted: {memory} KiB"
+        time.sleep(0.02)
+
+
+def assert_not_prefaulted(pid: int) -> None:
+    """The process still shares most of what it maps (with the fork helper)."""
+    time.sleep(0.3)  # a copying spare would be well under way by now
+    copied, mapped = private_memory(pid)
+    assert copied < mapped // 4, (copied, mapped)
+
+
+async def _spare_after_an_idle_exit(rt: vortex.Runtime, rootfs: Path) -> SpareInit:
+    """Start a container after an idle pause, so that the next spare is cloned at
+    its exit with nothing running; return that spare."""
+    assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
+    await anyio.sleep(0.3)  # idle: far longer than a clone
+    assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
+    spare = await rt.spare()
+    assert spare is not None
+    return spare
+
+
+@pytest.mark.skipif(host_is_pure_cgroup2(), reason="on cgroup v2 the spare is in a cgroup")
+async def test_an_idle_spare_copies_its_memory_only_when_asked(rootfs: Path) -> None:
+    """Runtime(spare_prefault=True): the spare cloned with no container running takes
+    its copy-on-write faults while it waits (vortex/helper/prefault.py); by default
+    it shares its memory with the helper until its init touches it."""
+    async with vortex.Runtime(spare_prefault=True) as rt:
+        wait_until_prefaulted((await _spare_after_an_idle_exit(rt, rootfs)).pid)
+    async with vortex.Runtime() as rt:
+        assert_not_prefaulted((await _spare_after_an_idle_exit(rt, rootfs)).pid)
+
+
+@pytest.mark.cgroup2
+async def test_on_cgroup_v2_a_spare_in_its_cgroup_does_not_copy(rootfs: Path) -> None:
+    """Its copies would be charged to the cgroup the container takes over, and show
+    in the container's memory.peak."""
+    async with vortex.Runtime(spare_prefault=True) as rt:
+        spare = await _spare_after_an_idle_exit(rt, rootfs)
+        assert spare.in_cgroup
+        assert_not_prefaulted(spare.pid)
+
+
+async def test_a_spare_cloned_beside_a_container_does_not_prefault(rootfs: Path) -> None:
+    """Back to back the copying would compete with the running container."""
+    async with vortex.Runtime(spare_prefault=True) as rt:
+        running = await rt.start(spec(rootfs, "/bin/sleep", "60"))
+        spare = await rt.spare()  # cloned right away, beside it
+        assert spare is not None
+        assert_not_prefaulted(spare.pid)
+        running.kill(signal.SIGKILL)
+        await running.wait()
+
+
+async def test_a_spare_is_taken_while_it_copies(rootfs: Path) -> None:
+    """A start right after the clone takes the spare in the middle of its copying
+    (~8 ms of it): the container runs as from any init."""
+    async with vortex.Runtime(spare_prefault=True) as rt:
+        pid = (await _spare_after_an_idle_exit(rt, rootfs)).pid  # just cloned: copying
+        result = await rt.run(spec(rootfs, "/bin/echo", "taken"))
+        assert (result.exit_code, result.stdout) == (0, b"taken\n")
+        assert process(pid) is None  # it was that container's init, reaped
+
+
+PREFAULT_IN_A_CHILD = """
+import os, socket, sys
+from tests.test_spare import private_memory
+from vortex.helper.prefault import prefault_until_readable
+ours, theirs = socket.socketpair()
+if sys.argv[1] == "request-waiting":
+    ours.send(b"x")
+if os.fork() == 0:
+    prefault_until_readable(theirs.fileno())
+    copied, mapped = private_memory(os.getpid())
+    os.write(1, f"{copied} {mapped}".encode())
+    os._exit(0)
+os.wait()
+"""
+
+
+@pytest.mark.parametrize("pending", ["request-waiting", "nothing"])
+def test_prefault_stops_once_the_request_is_there(pending: str) -> None:
+    """The copying checks the spare's socket before every chunk: with the request
+    already there it copies nothing, with nothing there it copies everything."""
+    out = subprocess.run(
+        [sys.executable, "-c", PREFAULT_IN_A_CHILD, pending],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    copied, mapped = map(int, out.split())
+    if pending == "nothing":
+        assert copied > mapped // 2, (copied, mapped)
+    else:
+        assert copied < mapped // 4, (copied, mapped)
 
 
 async def test_without_spares_nothing_waits(rootfs: Path) -> None:

@@ -189,3 +189,13 @@ def is_single_threaded() -> bool:
             if line.startswith(b"Threads:"):
                 return int(line.split()[1]) == 1
     return False
+
+
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def populate_write(address: int, length: int) -> None:
+    """Fault in ``length`` bytes at ``address`` as if written: private copies of
+    copy-on-write pages, now instead of at their first write."""
+    _check(_libc.madvise(address, length, MADV_POPULATE_WRITE), "madvise(MADV_POPULATE_WRITE)")

@@ -47,7 +47,9 @@ async def _serve(path: str) -> int:
     else:
         path = str(listener.getsockname()) or path
     try:
-        async with Runtime() as runtime:
+        # A daemon mostly waits between clients: its spare takes its copy-on-write
+        # faults in that time instead of in the next client's start (~0.8 ms).
+        async with Runtime(spare_prefault=True) as runtime:
             daemon = RunDaemon(runtime, listener)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with anyio.create_task_group() as tg:

@@ -51,3 +51,5 @@ class SpareRequest:
 
     clone_flags: int
     has_cgroup_fd: bool
+    prefault: bool = False
+    """Take the copy-on-write faults while waiting (vortex/helper/prefault.py)."""

@@ -30,6 +30,7 @@ import sys
 from vortex import _linux as L
 from vortex.helper.init import run_init
 from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
+from vortex.helper.prefault import prefault_until_readable
 
 MAX_REQUEST = 4 << 20
 """Upper bound of a pickled request: the kernel refuses an argv + environment above
@@ -106,7 +107,7 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
     if pid == 0:
         sock.close()
         if isinstance(request, SpareRequest):
-            _wait_as_spare(named["spare"])  # never returns
+            _wait_as_spare(named["spare"], prefault=request.prefault)  # never returns
         else:
             run_init(request.plan, named)  # never returns
     try:
@@ -116,14 +117,17 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
         _close(fds)
 
 
-def _wait_as_spare(fd: int) -> None:
+def _wait_as_spare(fd: int, *, prefault: bool) -> None:
     """In a spare init: wait for the request of the container that takes us, then be
-    its init.  Never returns: EOF (the Runtime discarded us) exits."""
+    its init.  Never returns: EOF (the Runtime discarded us) exits.  With
+    ``prefault``, take the copy-on-write faults while waiting (helper/prefault.py)."""
     status = 1
     try:
         # As run_init does first: the Runtime's death must not leave us waiting.
         L.set_parent_death_signal(signal.SIGKILL)
         L.set_process_name("vortex-spare")  # what ps shows while it waits
+        if prefault:
+            prefault_until_readable(fd)
         with socket.socket(fileno=fd) as spare:
             received = receive_request(spare)
         if received is not None:
