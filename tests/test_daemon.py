@@ -41,7 +41,7 @@ from tests.test_cli_run import (  # noqa: F401  (collected again, now through th
     test_stdin_pipes_through,
     test_stdout_and_stderr_are_separate,
 )
-from tests.test_spare import assert_not_prefaulted, process, wait_until_prefaulted
+from tests.test_spare import assert_not_prefaulted, children_of, wait_until_prefaulted
 
 
 class Daemon:
@@ -132,7 +132,7 @@ def test_the_daemons_spare_copies_its_memory_between_clients(daemon: Daemon, roo
         assert run_vortex("run", str(rootfs), "/bin/true").returncode == 0
     assert daemon.proc is not None
     deadline = time.monotonic() + 20
-    while not (spares := _children_named(daemon.proc.pid, "vortex-spare")):
+    while not (spares := children_of(daemon.proc.pid, "vortex-spare")):
         assert time.monotonic() < deadline, "the daemon cloned no spare"
         time.sleep(0.02)
     assert len(spares) == 1, spares
@@ -140,12 +140,6 @@ def test_the_daemons_spare_copies_its_memory_between_clients(daemon: Daemon, roo
         assert_not_prefaulted(spares[0])  # it is in a cgroup (vortex/spare.py)
     else:
         wait_until_prefaulted(spares[0])
-
-
-def _children_named(parent: int, name: str) -> list[int]:
-    with open(f"/proc/{parent}/task/{parent}/children") as f:
-        children = [int(pid) for pid in f.read().split()]
-    return [pid for pid in children if (info := process(pid)) and info[0] == name]
 
 
 def test_relative_rootfs_is_the_clients(daemon: Daemon, rootfs: Path) -> None:

@@ -222,7 +222,7 @@ async def test_without_spares_nothing_waits(rootfs: Path) -> None:
     async with vortex.Runtime(spare_init=False) as rt:
         assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
         assert await rt.spare() is None
-        names = [process(pid) for pid in _children()]
+        names = [process(pid) for pid in children_of(os.getpid())]
         assert [entry[0] for entry in names if entry] == ["vortex-helper"]
 
 
@@ -325,10 +325,11 @@ def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
     # as for any container of a Runtime that died: tests/test_runtime.py checks that.
 
 
-def _children() -> list[int]:
+def children_of(parent: int, name: str | None = None) -> list[int]:
+    """PIDs of ``parent``'s children (those called ``name``, when given)."""
     found = []
     for entry in os.listdir("/proc"):
         info = process(int(entry)) if entry.isdigit() else None
-        if info is not None and info[2] == os.getpid():
+        if info is not None and info[2] == parent and name in (None, info[0]):
             found.append(int(entry))
     return found
