@@ -21,8 +21,9 @@ cold
     kernel lock from the one before it and the next would not.
 sequential, concurrent
     containers per second: the library (one warm process, ``Runtime.run``
-    back to back, see worker.py) vs the tools exec'd once per container, in
-    batches; concurrent runs as many lanes as there are cores.
+    back to back, see worker.py; also with ``--privileged``, without docker's
+    security defaults) vs the tools exec'd once per container, in batches;
+    concurrent runs as many lanes as there are cores.
 exit
     container exit → ``vortex_on_exit`` hook latency with ``--live`` idle
     containers alive (see worker.py for the method).
@@ -437,12 +438,18 @@ def batch(subject: Subject, n: int, concurrency: int, first: int) -> dict[str, A
     return {"wall": time.perf_counter() - started, "cpu": _children_cpu() - cpu, "n": n}
 
 
+PRIVILEGED_LIBRARY = "vortex library, --privileged"
+"""The library without docker's security defaults (no seccomp, capability drop or
+masked paths): how much of the distance to the C program is that work."""
+
+
 def throughput(
     worker: Worker, found: list[Subject], total: int, size: int, concurrency: int, warmup: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Batches of ``size`` containers, interleaved: library, then each tool, repeated."""
     tools = [s for s in found if s.name in ("runc", "crun", "C reference")]
-    results: dict[str, list[dict[str, Any]]] = {"vortex library": []}
+    libraries = {"vortex library": False, PRIVILEGED_LIBRARY: True}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in libraries}
     results.update({s.name: [] for s in tools})
     counter = 10_000 * concurrency  # container ids distinct from the cold runs'
     for subject in tools:  # warm-up
@@ -451,11 +458,14 @@ def throughput(
     done = 0
     while done < total:
         n = min(size, total - done)
-        reply = worker.ask(op="throughput", n=n, concurrency=concurrency, warmup=warmup)
-        if reply["failures"]:
-            raise RuntimeError(f"{reply['failures']} library containers failed")
-        reply["n"] = len(reply["per_container"])
-        results["vortex library"].append(reply)
+        for name, privileged in libraries.items():
+            reply = worker.ask(
+                op="throughput", n=n, concurrency=concurrency, warmup=warmup, privileged=privileged
+            )
+            if reply["failures"]:
+                raise RuntimeError(f"{reply['failures']} library containers failed ({name})")
+            reply["n"] = len(reply["per_container"])
+            results[name].append(reply)
         for subject in tools:
             results[subject.name].append(batch(subject, n, concurrency, counter))
             counter += n

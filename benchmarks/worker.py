@@ -9,9 +9,10 @@ containers report the moment they exit.
 Requests (each opens its own ``Runtime``, so start-up costs are outside the
 measurement):
 
-* ``{"op": "throughput", "n": N, "concurrency": C, "warmup": W}``: run N
-  containers of ``/bin/true``, C at a time, after W unmeasured ones; returns
-  per-container wall times, the batch's wall time and its CPU time;
+* ``{"op": "throughput", "n": N, "concurrency": C, "warmup": W, "privileged":
+  P}``: run N containers of ``/bin/true``, C at a time, after W unmeasured ones
+  (with P, as ``--privileged``); returns per-container wall times, the batch's
+  wall time and its CPU time;
 * ``{"op": "exit_latency", "live": L, "samples": S, "stamps": PATH}``: start L
   idle containers, then S measured ones one at a time; each measured container
   runs ``/exitstamp``, which writes its CLOCK_MONOTONIC time and exits when it
@@ -35,6 +36,7 @@ import anyio
 import vortex
 from benchmarks.proccpu import process_cpu
 from vortex import ContainerSpec, Stdio
+from vortex.security.options import SecurityOptions
 
 
 def _rss() -> int:
@@ -60,8 +62,13 @@ class ExitClock:
         self.seen[container.hostname] = time.monotonic_ns()
 
 
-async def throughput(rootfs: str, n: int, concurrency: int, warmup: int) -> dict[str, Any]:
-    spec = ContainerSpec(rootfs=Path(rootfs), command=["/bin/true"])
+async def throughput(
+    rootfs: str, n: int, concurrency: int, warmup: int, privileged: bool = False
+) -> dict[str, Any]:
+    # privileged: docker's --privileged, no seccomp filter, no capability drop, no
+    # masked paths: what is left of the gap to the C program without the security work.
+    security = SecurityOptions(privileged=privileged)
+    spec = ContainerSpec(rootfs=Path(rootfs), command=["/bin/true"], security=security)
     per_container: list[float] = []
     failures = 0
 
@@ -157,7 +164,12 @@ def main() -> None:
             os.dup2(null, 1)
             os.close(null)
             reply = anyio.run(
-                throughput, rootfs, request["n"], request["concurrency"], request["warmup"]
+                throughput,
+                rootfs,
+                request["n"],
+                request["concurrency"],
+                request["warmup"],
+                request.get("privileged", False),
             )
         elif request["op"] == "exit_latency":
             stamps = os.open(request["stamps"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import REF_CGROUP_PARENTS
+from benchmarks.run import PRIVILEGED_LIBRARY, REF_CGROUP_PARENTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,9 @@ def run_benchmarks_smoke(out: Path, timeout: float, max_exit_latency: float) -> 
     assert {"vortex", "vortex via daemon", "C reference", "python -c pass"} <= set(data["cold"])
     for subject in data["cold"].values():
         assert len(subject["wall"]) == 2
-    assert {"vortex library", "C reference"} <= set(data["sequential"])
+    assert {"vortex library", PRIVILEGED_LIBRARY, "C reference"} <= set(data["sequential"])
     assert sum(b["n"] for b in data["sequential"]["vortex library"]) == 5
+    assert sum(b["n"] for b in data["sequential"][PRIVILEGED_LIBRARY]) == 5
     assert len(data["exit"]["steady"]) == 5
     assert all(0 < latency < max_exit_latency for latency in data["exit"]["steady"])
     assert "| vortex " in proc.stdout
