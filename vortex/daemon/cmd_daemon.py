@@ -48,7 +48,7 @@ async def _serve(path: str) -> int:
         path = str(listener.getsockname()) or path
     try:
         # A daemon mostly waits between clients: its spare takes its copy-on-write
-        # faults in that time instead of in the next client's start (~0.8 ms).
+        # faults in that time instead of in the next client's start (0.6-1.4 ms).
         async with Runtime(spare_prefault=True) as runtime:
             daemon = RunDaemon(runtime, listener)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

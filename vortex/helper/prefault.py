@@ -2,8 +2,9 @@
 
 Why: a cloned init shares every private page with the helper, copy-on-write.
 CPython writes to each object it touches (reference counts), so the init's
-Python, from its request to ``execve``, takes ~400 copy-on-write faults, about
-0.8 ms of a start after a pause (measured through ``vortex daemon``).  A spare
+Python, from its request to ``execve``, takes ~400 copy-on-write faults: taken
+ahead, a start after a pause is ~0.6 ms faster (the library), a round trip
+through ``vortex daemon`` 0.6-1.4 ms (docs/performance.md, eighth session).  A spare
 that is idle anyway can take them all ahead: ``MADV_POPULATE_WRITE`` on every
 private writable mapping makes the private copies without running any code.
 
