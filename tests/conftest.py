@@ -108,6 +108,12 @@ def imported_modules(*arguments: str, env: dict[str, str] | None = None) -> set[
     return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if "|" in line}
 
 
+def command_line(pid: int) -> list[bytes]:
+    """A process's argv, as the kernel shows it."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\0")[:-1]
+
+
 def zombie_children() -> list[int]:
     """PIDs of zombie processes whose parent is this test process."""
     me = os.getpid()

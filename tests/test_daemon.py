@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import (
     VORTEX,
+    command_line,
     host_is_pure_cgroup2,
     imported_modules,
     run_vortex,
@@ -123,10 +124,12 @@ def test_the_installed_command_reaches_the_daemon_on_the_interpreter_alone(
     assert not {"re", "argparse", "enum"} & added, sorted(added)
 
 
-def test_the_daemons_spare_copies_its_memory_between_clients(daemon: Daemon, rootfs: Path) -> None:
-    """The daemon's Runtime has spare_prefault on: after a client's run, the next
-    spare takes its copy-on-write faults before the next client comes (where it
-    is not in a cgroup of its own: cgroup v1)."""
+def test_the_daemons_helper_is_fresh_and_its_spare_copies_between_clients(
+    daemon: Daemon, rootfs: Path
+) -> None:
+    """The daemon's Runtime has fresh_helper and spare_prefault on: after a client's
+    run, the next spare takes its copy-on-write faults before the next client comes
+    (where it is not in a cgroup of its own: cgroup v1)."""
     for _ in range(2):
         time.sleep(0.3)  # a client after a pause: the next spare is cloned at the exit
         assert run_vortex("run", str(rootfs), "/bin/true").returncode == 0
@@ -136,6 +139,9 @@ def test_the_daemons_spare_copies_its_memory_between_clients(daemon: Daemon, roo
         assert time.monotonic() < deadline, "the daemon cloned no spare"
         time.sleep(0.02)
     assert len(spares) == 1, spares
+    # Its fork helper is a fresh interpreter (Runtime(fresh_helper=True)).
+    (helper,) = children_of(daemon.proc.pid, "vortex-helper")
+    assert command_line(helper)[1:3] == [b"-m", b"vortex.helper"]
     if host_is_pure_cgroup2():
         assert_not_prefaulted(spares[0])  # it is in a cgroup (vortex/spare.py)
     else:

@@ -166,6 +166,33 @@ async def test_helper_is_execed_when_threads_exist(rootfs: Path) -> None:
     assert result.stdout == b"threaded\n"
 
 
+FRESH_HELPER = """
+import sys, anyio
+from tests.conftest import command_line, zombie_children
+from vortex import ContainerSpec, Runtime, Stdio, _linux as L
+
+async def main(rootfs):
+    assert L.is_single_threaded()
+    async with Runtime() as rt:
+        assert rt._helper._popen is None  # where it can, a Runtime forks its helper
+    async with Runtime(fresh_helper=True) as rt:
+        assert rt._helper._popen is not None
+        assert command_line(rt._helper.pid)[1:3] == [b"-m", b"vortex.helper"]
+        for word in ("first", "second"):  # the second from the spare
+            spec = ContainerSpec(rootfs=rootfs, command=["echo", word], stdout=Stdio.CAPTURE)
+            print((await rt.run(spec)).stdout.decode(), end="")
+    assert zombie_children() == []
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_a_fresh_helper_is_a_new_interpreter(rootfs: Path) -> None:
+    """Runtime(fresh_helper=True) execs the helper also where it could fork it (a
+    single-threaded process, as this fresh one), and containers (the spare
+    included) start from it as from a forked one."""
+    assert run_python(FRESH_HELPER, str(rootfs)).stdout == "first\nsecond\n"
+
+
 async def test_200_containers_back_to_back_leave_nothing(rootfs: Path) -> None:
     fds_before = open_fds()
     cgroups_before = vortex_cgroups()

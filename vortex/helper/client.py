@@ -32,15 +32,20 @@ class ForkHelper:
         self._closed = False
 
     @classmethod
-    def start(cls) -> ForkHelper:
+    def start(cls, *, fresh: bool = False) -> ForkHelper:
         """Start the helper: forked when this process is still single-threaded (cheap,
         about a millisecond), exec'd as ``python -m vortex.helper`` otherwise (safe from
-        a threaded process, since subprocess's fork+exec runs no Python in between)."""
+        a threaded process, since subprocess's fork+exec runs no Python in between).
+
+        ``fresh`` execs it in any case: ~40 ms longer to start, but a fresh interpreter
+        holds half the anonymous memory of a fork of a Runtime's process (8 against
+        16 MiB), so each clone copies half the page tables and each exit unmaps half:
+        ~6% more containers/s back to back (docs/performance.md, eighth session)."""
         warmup.stop()  # its thread ends first: then we may fork instead of exec
         ours, theirs = socket.socketpair(
             socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
         )
-        if L.is_single_threaded():
+        if not fresh and L.is_single_threaded():
             pid = os.fork()
             if pid == 0:
                 ours.close()
