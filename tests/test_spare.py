@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import host_is_pure_cgroup2, reachable_copy
+from tests.conftest import host_is_pure_cgroup2, reachable_copy, run_python
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
 from vortex.security.options import SecurityOptions
@@ -205,13 +205,7 @@ os.wait()
 def test_prefault_stops_once_the_request_is_there(pending: str) -> None:
     """The copying checks the spare's socket before every chunk: with the request
     already there it copies nothing, with nothing there it copies everything."""
-    out = subprocess.run(
-        [sys.executable, "-c", PREFAULT_IN_A_CHILD, pending],
-        capture_output=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    ).stdout
-    copied, mapped = map(int, out.split())
+    copied, mapped = map(int, run_python(PREFAULT_IN_A_CHILD, pending).stdout.split())
     if pending == "nothing":
         assert copied > mapped // 2, (copied, mapped)
     else:
