@@ -114,21 +114,29 @@ def command_line(pid: int) -> list[bytes]:
         return f.read().split(b"\0")[:-1]
 
 
-def zombie_children() -> list[int]:
-    """PIDs of zombie processes whose parent is this test process."""
-    me = os.getpid()
-    zombies = []
+def child_processes(parent: int | None = None) -> dict[int, tuple[str, str]]:
+    """PID -> (process name, state letter) of each child of ``parent`` (default: this
+    test process), zombies included."""
+    parent = os.getpid() if parent is None else parent
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                name_part, rest = f.read().rsplit(")", 1)
         except OSError:
-            continue
-        if fields[0] == "Z" and int(fields[1]) == me:
-            zombies.append(int(entry))
-    return zombies
+            continue  # exited meanwhile
+        fields = rest.split()
+        if int(fields[1]) == parent:
+            found[int(entry)] = (name_part.split("(", 1)[1], fields[0])
+    return found
+
+
+def zombie_children() -> list[int]:
+    """PIDs of zombie processes whose parent is this test process."""
+    return [pid for pid, (_name, state) in child_processes().items() if state == "Z"]
 
 
 def open_fds() -> dict[int, str]:

@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from tests.conftest import child_processes
 from vortex.container import Container
 from vortex.errors import PluginError
 from vortex.hookspecs import hookimpl
@@ -85,19 +86,7 @@ async def without_spare(runtime: Runtime) -> tuple[set[str], dict[int, str]]:
 
 def children() -> dict[int, str]:
     """PID -> state of every child process of this test process."""
-    result = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == os.getpid():
-            result[int(entry.name)] = state
-    return result
+    return {pid: state for pid, (_name, state) in child_processes().items()}
 
 
 def open_fds() -> set[str]:

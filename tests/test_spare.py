@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import host_is_pure_cgroup2, reachable_copy, run_python
+from tests.conftest import child_processes, host_is_pure_cgroup2, reachable_copy, run_python
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
 from vortex.security.options import SecurityOptions
@@ -321,9 +321,4 @@ def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
 
 def children_of(parent: int, name: str | None = None) -> list[int]:
     """PIDs of ``parent``'s children (those called ``name``, when given)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        info = process(int(entry)) if entry.isdigit() else None
-        if info is not None and info[2] == parent and name in (None, info[0]):
-            found.append(int(entry))
-    return found
+    return [pid for pid, (called, _) in child_processes(parent).items() if name in (None, called)]

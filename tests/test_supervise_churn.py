@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from supervise_harness import busybox_config, supervise
 
+from tests.conftest import child_processes
+
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
     pytest.mark.slow,
@@ -25,26 +27,10 @@ def _fds(pid: int) -> list[str]:
     return sorted(kinds)
 
 
-def _children(pid: int) -> dict[int, tuple[str, str]]:
-    """PID -> (state, process name) of each child of ``pid``."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    name_part, rest = f.read().rsplit(")", 1)
-            except OSError:
-                continue
-            fields = rest.split()
-            if int(fields[1]) == pid:
-                found[int(entry)] = (fields[0], name_part.split("(", 1)[1])
-    return found
-
-
 def _spare_ids(children: dict[int, tuple[str, str]]) -> set[str]:
     """The container id a waiting spare init holds (cgroup v2 only: its cgroup's name)."""
     ids = set()
-    for child, (_state, name) in children.items():
+    for child, (name, _state) in children.items():
         if name == "vortex-spare":
             with open(f"/proc/{child}/cgroup") as f:
                 unified = [line for line in f.read().splitlines() if line.startswith("0::")]
@@ -91,10 +77,10 @@ backoff = { initial = 0, max = 0 }
         assert sup.cli("stop", "churn").returncode == 0
         assert _fds(pid) == fds_before  # no pidfd, pipe or socket left open
         assert _rss_kib(pid) < rss_before + 8 * 1024
-        children = _children(pid)
-        assert all(state != "Z" for state, _name in children.values())  # every init reaped
+        children = child_processes(pid)
+        assert all(state != "Z" for _name, state in children.values())  # every init reaped
         # Only the fork helper, and the init it cloned ahead (vortex/spare.py).
-        assert sorted(name for _state, name in children.values()) in (
+        assert sorted(name for name, _state in children.values()) in (
             ["vortex-helper"],
             ["vortex-helper", "vortex-spare"],
         )
