@@ -25,11 +25,8 @@ freshly cloned one.
 The cost: one waiting process (a copy-on-write fork of the helper) and its
 namespaces per Runtime, and one clone thrown away when the Runtime closes.
 ``Runtime(spare_init=False)`` turns it off.  ``Runtime(spare_prefault=True)``
-has a spare cloned while no container runs copy that memory while it waits
-(vortex/helper/prefault.py): ~0.6 ms less for a start after a pause, for
-10-20 MiB more held by the waiting spare.  Only where the spare is not in a
-cgroup of its own (cgroup v1, or no cgroups): on v2 the copies would be
-charged to the container's cgroup, and count in its ``memory.peak``.
+has an idle spare copy that memory ahead (vortex/helper/prefault.py says when,
+and why not on cgroup v2).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ that is idle anyway can take them all ahead: ``MADV_POPULATE_WRITE`` on every
 private writable mapping makes the private copies without running any code.
 
 The price is memory and CPU while nothing else runs: the spare then holds its
-own copy of the helper's heap (10-20 MiB; the helper is a fork of the Runtime's
-process) and copying it costs ~8 ms of CPU.  Back to back that CPU competes with
+own copy of the helper's memory (~18 MiB when the helper is a fork of the
+Runtime's process, ~10 MiB with ``Runtime(fresh_helper=True)``) and copying it
+costs up to ~8 ms of CPU.  Back to back that CPU competes with
 the containers (100 against 150 containers/s, measured), which is why the
 Runtime asks for it only for a spare cloned while no container runs
 (``Runtime(spare_prefault=True)``, which ``vortex daemon`` uses), and why the
