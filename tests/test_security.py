@@ -110,13 +110,40 @@ def test_compiled_programs_are_cached_on_disk_by_exact_key(
 ) -> None:
     monkeypatch.setenv(seccomp.CACHE_DIR_ENV, str(tmp_path))
     profile = default_profile()
-    first = seccomp.compile_profile(profile, capabilities.DEFAULT_CAPABILITIES)
+
+    def compiled_from_disk() -> bytes:
+        monkeypatch.setattr(seccomp, "_last_compiled", None)  # not the one in memory
+        return seccomp.compile_profile(profile, capabilities.DEFAULT_CAPABILITIES)
+
+    first = compiled_from_disk()
     (cached,) = tmp_path.iterdir()
     assert cached.read_bytes().endswith(first)
-    assert seccomp.compile_profile(profile, capabilities.DEFAULT_CAPABILITIES) == first
+    assert compiled_from_disk() == first
     # A file whose stored key does not match exactly is ignored (and rewritten).
     cached.write_bytes(b"other key\0" + b"\0" * 8)
-    assert seccomp.compile_profile(profile, capabilities.DEFAULT_CAPABILITIES) == first
+    assert compiled_from_disk() == first
+    assert cached.read_bytes().endswith(first)
+
+
+def test_an_equal_profile_gets_the_last_program_without_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(seccomp.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(seccomp, "_last_compiled", None)
+    profile = default_profile()
+    first = seccomp.compile_profile(profile, capabilities.DEFAULT_CAPABILITIES)
+    (tmp_path / next(tmp_path.iterdir()).name).unlink()
+    # A fresh copy of the same profile (as every container gets): from memory.
+    assert seccomp.compile_profile(default_profile(), capabilities.DEFAULT_CAPABILITIES) == first
+    assert not any(tmp_path.iterdir())
+    # The same dict changed in place after its compile: compiled again.
+    profile["syscalls"][0]["names"].remove("read")
+    changed = seccomp.compile_profile(profile, capabilities.DEFAULT_CAPABILITIES)
+    assert changed != first and any(tmp_path.iterdir())
+    # Other capabilities: compiled again too.
+    fewer = capabilities.DEFAULT_CAPABILITIES - {"SYS_CHROOT"}
+    assert "SYS_CHROOT" in capabilities.DEFAULT_CAPABILITIES
+    assert seccomp.compile_profile(default_profile(), fewer) != first
 
 
 def test_policy_written_by_plugins_is_checked() -> None:
