@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,8 +58,12 @@ async def test_the_next_container_takes_the_spare(rootfs: Path) -> None:
         assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
         spare = await rt.spare()
         assert spare is not None
-        # Waiting, cloned with CLONE_PARENT: our child, as every init is.
-        assert process(spare.pid) == ("vortex-spare", "S", os.getpid())
+        # Waiting (once it has prepared, see below), cloned with CLONE_PARENT: our
+        # child, as every init is.
+        deadline = time.monotonic() + 10
+        while process(spare.pid) != ("vortex-spare", "S", os.getpid()):
+            assert time.monotonic() < deadline, process(spare.pid)
+            await anyio.sleep(0.01)
         container = await rt.start(spec(rootfs, "/bin/sh", "-c", "echo $$"))
         assert container.pid == spare.pid
         if rt.cgroups is not None and rt.cgroups.version == 2:
@@ -322,3 +327,134 @@ def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
 def children_of(parent: int, name: str | None = None) -> list[int]:
     """PIDs of ``parent``'s children (those called ``name``, when given)."""
     return [pid for pid, (called, _) in child_processes(parent).items() if name in (None, called)]
+
+
+# ------------------------------------------------------- what a spare does while it waits
+
+
+def detached_mounts(pid: int) -> set[int]:
+    """Ids of the mounts a process holds by fd that are in neither its mount namespace
+    nor ours: the kernel filesystems a spare premounted (vortex/helper/kernelfs.py).
+    (What it inherited, say a /dev/null on 0, is in ours.)"""
+    attached = set()
+    for namespace_of in (pid, os.getpid()):
+        with open(f"/proc/{namespace_of}/mountinfo") as f:
+            attached |= {int(line.split()[0]) for line in f}
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(FileNotFoundError):
+            if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/"):
+                continue  # a pipe or socket: its kernel-internal mount is in no namespace
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    held.add(int(line.split()[1]))
+    return held - attached
+
+
+def signal_masks(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return {
+            k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in ("SigIgn", "SigBlk")
+        }
+
+
+def session(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[3])
+
+
+async def prepared_spare(rt: vortex.Runtime, rootfs: Path) -> SpareInit:
+    """A spare cloned while nothing runs, once it has premounted its kernel filesystems."""
+    spare = await _spare_after_an_idle_exit(rt, rootfs)
+    deadline = time.monotonic() + 10
+    while len(detached_mounts(spare.pid)) < 6:
+        assert time.monotonic() < deadline, "the spare never premounted"
+        await anyio.sleep(0.01)
+    return spare
+
+
+# The kernel filesystems as a container sees them: mount point, per-mount options,
+# type, source and the filesystem's options (mountinfo without ids), then /dev.
+KERNEL_FILESYSTEMS_SEEN = r"""
+awk '$5 ~ /^\/(proc|sys|dev)/ { tail = $0; sub(/.* - /, "", tail); print $5, $6, tail }' \
+    /proc/self/mountinfo | sort
+ls -ln /dev | awk '{print $1, $3, $4, $5, $6, $NF}'
+"""
+
+
+async def test_a_waiting_spare_has_its_kernel_filesystems_and_signals_ready(
+    rootfs: Path,
+) -> None:
+    """While it waits, a spare resets its signals, starts its session and creates
+    /proc, /sys and /dev detached; the container that takes it gets those mounts."""
+    await _premounted_filesystems_are_the_containers(rootfs)
+
+
+@pytest.mark.cgroup2
+async def test_on_cgroup_v2_a_spare_premounts_in_its_cgroup(rootfs: Path) -> None:
+    """The same in the spare's own cgroup, on the VM's older kernel (6.1)."""
+    await _premounted_filesystems_are_the_containers(rootfs)
+
+
+async def _premounted_filesystems_are_the_containers(rootfs: Path) -> None:
+    async with vortex.Runtime() as rt:
+        spare = await prepared_spare(rt, rootfs)
+        assert signal_masks(spare.pid) == {"SigIgn": "0" * 16, "SigBlk": "0" * 16}
+        assert session(spare.pid) == spare.pid
+        premounted = detached_mounts(spare.pid)
+        # /proc, /sys, /dev, /dev/pts, /dev/shm, /dev/mqueue, and the host's six nodes
+        # bound into /dev (restricted devices, the default).
+        assert len(premounted) == 12
+        result = await rt.run(spec(rootfs, "/bin/cat", "/proc/self/mountinfo"))
+        assert result.container_id is not None
+        seen = {
+            line.split()[4]: int(line.split()[0])
+            for line in result.stdout.decode().splitlines()
+            if line.split()[4].startswith(("/proc", "/sys", "/dev"))
+        }
+        kernel = ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/null"]
+        assert {seen[path] for path in kernel} <= premounted
+
+
+async def test_a_spare_cloned_beside_a_container_does_not_premount(rootfs: Path) -> None:
+    """Back to back its mounts would compete with the running container's for the
+    kernel's mount lock; it still resets its signals while it waits."""
+    async with vortex.Runtime() as rt:
+        running = await rt.start(spec(rootfs, "/bin/sleep", "60"))
+        spare = await rt.spare()  # cloned right away, beside it
+        assert spare is not None
+        deadline = time.monotonic() + 10
+        while session(spare.pid) != spare.pid:
+            assert time.monotonic() < deadline, "the spare never prepared"
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.2)  # a premounting spare would be done by now
+        assert detached_mounts(spare.pid) == set()
+        # Its container mounts in place, as a fresh init does.
+        result = await rt.run(spec(rootfs, "/bin/ls", "/dev/pts", "/proc/self"))
+        assert result.exit_code == 0 and b"ptmx" in result.stdout
+        running.kill(signal.SIGKILL)
+        await running.wait()
+
+
+@pytest.mark.parametrize("privileged", [False, True], ids=["default", "privileged"])
+async def test_a_spare_mounts_what_a_fresh_init_mounts(rootfs: Path, privileged: bool) -> None:
+    """Premounted (restricted devices: nodes bound from the host) or, for a container
+    of another kind, mounted in place as by a fresh init: the same filesystems."""
+    command = spec(
+        rootfs,
+        "/bin/sh",
+        "-c",
+        KERNEL_FILESYSTEMS_SEEN,
+        security=SecurityOptions(privileged=privileged),
+    )
+    async with vortex.Runtime(spare_init=False) as rt:
+        fresh = await rt.run(command)
+    async with vortex.Runtime() as rt:
+        spare = await prepared_spare(rt, rootfs)
+        from_spare = await rt.start(command)
+        assert from_spare.pid == spare.pid
+        taken = await from_spare.wait()
+    assert fresh.exit_code == taken.exit_code == 0
+    assert b"/dev/pts" in fresh.stdout and b"null" in fresh.stdout
+    assert taken.stdout == fresh.stdout

@@ -288,21 +288,26 @@ class Runtime:
 
     def _clone_spare_soon(self) -> None:
         """Start cloning the next spare init unless there is one (or one on the way)."""
-        idle = self._spare is None and self._spare_cloned is None and not self._closing
-        if self._spare_wanted and idle and self._task_group is not None:
+        none_yet = self._spare is None and self._spare_cloned is None and not self._closing
+        if self._spare_wanted and none_yet and self._task_group is not None:
             self._spare_cloned = anyio.Event()
-            # Only while no container runs: the copying would compete with it.
-            prefault = self._spare_prefault and not self._containers
-            self._task_group.start_soon(self._clone_spare, self._spare_cloned, prefault)
+            # Work ahead only while no container runs: it would compete with one (the
+            # premount for the kernel's mount lock: on 2 cores, back to back, ~0.25 ms
+            # more CPU per container for ~0.1-0.4 ms less per start).
+            idle = not self._containers
+            prefault = self._spare_prefault and idle
+            self._task_group.start_soon(self._clone_spare, self._spare_cloned, prefault, idle)
 
-    async def _clone_spare(self, done: anyio.Event, prefault: bool) -> None:
+    async def _clone_spare(self, done: anyio.Event, prefault: bool, premount: bool) -> None:
         assert self._host is not None and self._helper is not None
         try:
             # Shielded: a request cut off between send and reply would leave the
             # helper's answer for the next caller.
             with anyio.CancelScope(shield=True):
                 began = time.monotonic()
-                spare = await SpareInit.clone(self._host, self._helper, prefault=prefault)
+                spare = await SpareInit.clone(
+                    self._host, self._helper, prefault=prefault, premount=premount
+                )
                 self._spare_clone_seconds = time.monotonic() - began
         except (VortexError, OSError) as exc:
             # Every container is still started, by the helper: just no spares.

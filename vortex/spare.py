@@ -7,9 +7,11 @@ caller waits for all of it.  So a Runtime keeps one init cloned ahead, in its
 namespaces, waiting on a socket of its own (its process name is
 ``vortex-spare``).  The next container whose spec allows it takes the spare:
 the request the fork helper would have been sent goes to the spare, which
-from then on runs exactly as a freshly cloned init.  The helper clones the
-next spare while that container runs, or once it exited when the start found
-the Runtime idle (``Runtime._next_spare_at_exit``).
+from then on runs exactly as a freshly cloned init.  While it waits it does
+what no spec changes (vortex/helper/server.py ``_wait_as_spare``): the init's
+first steps, and its kernel filesystems, detached (vortex/helper/kernelfs.py).
+The helper clones the next spare while that container runs, or once it exited
+when the start found the Runtime idle (``Runtime._next_spare_at_exit``).
 
 On cgroup v2 the spare comes with what a container gets before its clone: an
 id, a state record and a cgroup, because it is cloned into that cgroup
@@ -84,11 +86,14 @@ class SpareInit:
         self.clone_flags = NAMESPACE_FLAGS
 
     @classmethod
-    async def clone(cls, host: Host, helper: ForkHelper, *, prefault: bool = False) -> SpareInit:
+    async def clone(
+        cls, host: Host, helper: ForkHelper, *, prefault: bool = False, premount: bool = False
+    ) -> SpareInit:
         """Have the helper clone a spare; on cgroup v2 first record an id and create
         its cgroup, to clone the spare into.  On failure nothing is left behind.
         With ``prefault`` it copies its memory while it waits (helper/prefault.py),
-        unless it is cloned into a cgroup (v2)."""
+        unless it is cloned into a cgroup (v2); with ``premount`` it creates its
+        container's kernel filesystems (helper/kernelfs.py)."""
         container_id = None
         if host.cgroups is not None and host.cgroups.version == 2:
             container_id = os.urandom(16).hex()
@@ -109,7 +114,10 @@ class SpareInit:
                 # cgroup, inflating its memory.peak (and counting against its limit).
                 prefault = prefault and cgroup_fd is None
                 request = SpareRequest(
-                    NAMESPACE_FLAGS, has_cgroup_fd=cgroup_fd is not None, prefault=prefault
+                    NAMESPACE_FLAGS,
+                    has_cgroup_fd=cgroup_fd is not None,
+                    prefault=prefault,
+                    premount=premount,
                 )
                 pid, pidfd = await helper.spawn(request, fds)
             finally:

@@ -24,7 +24,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 import struct
 from collections.abc import Callable, Sequence
 
@@ -37,6 +36,7 @@ from vortex.errors import (
     ContainerSetupError,
     ExecError,
 )
+from vortex.helper import kernelfs
 from vortex.helper.plan import InitPlan
 from vortex.security import apply as security
 from vortex.security.policy import InitSecurity
@@ -47,24 +47,6 @@ _IFF_UP = 0x1
 _TIOCSCTTY = 0x540E
 _TIOCGPTN = 0x80045430
 _TIOCSPTLCK = 0x40045431
-
-# Device nodes of a minimal /dev, as runc and crun create them: (name, major, minor).
-_DEVICES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
-_DEV_SYMLINKS = (
-    ("/proc/self/fd", "fd"),
-    ("/proc/self/fd/0", "stdin"),
-    ("/proc/self/fd/1", "stdout"),
-    ("/proc/self/fd/2", "stderr"),
-    ("/proc/kcore", "core"),
-    ("pts/ptmx", "ptmx"),
-)
 
 
 class InitFailure(Exception):
@@ -95,11 +77,17 @@ def raise_reported_failure(report: bytes) -> None:
         raise ContainerSetupError(message)
 
 
-def run_init(plan: InitPlan, fds: dict[str, int]) -> None:
-    """Entry point in the cloned child.  Never returns."""
+def run_init(
+    plan: InitPlan, fds: dict[str, int], *, spare: kernelfs.Premounts | bool | None = None
+) -> None:
+    """Entry point in the cloned child.  Never returns.
+
+    ``spare``: this init is a spare that already ran :func:`prepare_process`
+    while it waited, and the kernel filesystems it premounted (True when it
+    could not premount them)."""
     error_fd = fds["errors"]
     try:
-        _run(plan, fds)
+        _run(plan, fds, spare)
     except InitFailure as failure:
         kind = "exec" if failure.exit_status in (EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE) else "setup"
         _report(error_fd, encode_failure(kind, failure.exit_status, str(failure)))
@@ -115,11 +103,11 @@ def _report(fd: int, message: bytes) -> None:
         os.write(fd, message)
 
 
-def _run(plan: InitPlan, fds: dict[str, int]) -> None:
+def prepare_process() -> None:
+    """What every init does before anything of its container: a spare does it while
+    it waits (it is PID 1 of its PID namespace by then, so default dispositions
+    do not let a signal from outside, say a Ctrl-C, end it; SIGKILL still does)."""
     L.set_parent_death_signal(_signal.SIGKILL)
-    # fds received over SCM_RIGHTS arrive without close-on-exec; the error pipe must
-    # close at exec, or the Runtime would only learn "exec succeeded" at exit.
-    os.set_inheritable(fds["errors"], False)
     # execve keeps ignored signals ignored: CPython ignores SIGPIPE and SIGXFSZ, the
     # helper SIGINT.  The command must start with every disposition at its default.
     # Through signal's C half: its Python wrapper turns every number and handler
@@ -129,6 +117,17 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
             with contextlib.suppress(OSError, ValueError):
                 _signal.signal(sig, _signal.SIG_DFL)
     _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
+    # A new session: the container never shares the caller's terminal process group,
+    # so a Ctrl-C on that terminal reaches it once, through the Runtime's forwarding.
+    os.setsid()
+
+
+def _run(plan: InitPlan, fds: dict[str, int], spare: kernelfs.Premounts | bool | None) -> None:
+    if spare is None:
+        prepare_process()
+    # fds received over SCM_RIGHTS arrive without close-on-exec; the error pipe must
+    # close at exec, or the Runtime would only learn "exec succeeded" at exit.
+    os.set_inheritable(fds["errors"], False)
 
     if os.read(fds["sync"], 1) != b"\x01":
         # The Runtime went away or aborted the start (a post_cgroup hook failed).
@@ -142,13 +141,21 @@ def _run(plan: InitPlan, fds: dict[str, int]) -> None:
     # Now that the Runtime has placed us in our cgroup, make it the root of a new
     # cgroup namespace (at clone time we were still in the Runtime's cgroup on v1).
     _step(lambda: L.unshare(L.CLONE_NEWCGROUP), "unshare cgroup namespace")
-    # A new session: the container never shares the caller's terminal process group,
-    # so a Ctrl-C on that terminal reaches it once, through the Runtime's forwarding.
-    os.setsid()
 
     rootfs = os.path.realpath(plan.rootfs)
+    premounts = spare if isinstance(spare, kernelfs.Premounts) else None
+    if premounts is not None and (
+        premounts.nodev != sec.nodev_rootfs or sec.userns or sec.rootless
+    ):
+        premounts.close()  # made for the common /dev, not this container's
+        premounts = None
     _setup_mounts(
-        rootfs, plan.ops, nodev=sec.nodev_rootfs, bind_devices=sec.userns, rootless=sec.rootless
+        rootfs,
+        plan.ops,
+        premounts,
+        nodev=sec.nodev_rootfs,
+        bind_devices=sec.userns,
+        rootless=sec.rootless,
     )
     _step(lambda: os.chdir(rootfs), "chdir to rootfs")
     # new_root == put_old: the old root ends up stacked under "/" and is detached right
@@ -235,6 +242,7 @@ def _mount(
 def _setup_mounts(
     rootfs: str,
     plan_ops: Sequence[ops.SetupOp],
+    premounts: kernelfs.Premounts | None,
     *,
     nodev: bool = False,
     bind_devices: bool = False,
@@ -245,76 +253,26 @@ def _setup_mounts(
     # pivot_root needs the new root to be a mount point.
     _mount(rootfs, rootfs, None, L.MS_BIND | L.MS_REC)
 
-    proc = os.path.join(rootfs, "proc")
-    _ensure_dir(proc)
-    _mount("proc", proc, "proc", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV)
-
-    sys_dir = os.path.join(rootfs, "sys")
-    _ensure_dir(sys_dir)
-    _mount("sysfs", sys_dir, "sysfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV)
-
-    _setup_dev(
-        os.path.join(rootfs, "dev"), nodev=nodev, bind_devices=bind_devices, rootless=rootless
-    )
+    # /proc, /sys, /dev (vortex/helper/kernelfs.py).
+    if premounts is not None:
+        _step(lambda: premounts.attach(rootfs, _ensure_dir), "mount /proc, /sys and /dev")
+    else:
+        try:
+            kernelfs.mount_in_place(
+                rootfs,
+                _ensure_dir,
+                _mount,
+                nodev=nodev,
+                bind_devices=bind_devices,
+                rootless=rootless,
+            )
+        except kernelfs.KernelFsError as exc:
+            raise InitFailure(str(exc)) from None
 
     for op in plan_ops:
         _apply(rootfs, op, nodev=nodev)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(os.path.join(rootfs, _STAGING))
-
-
-def _setup_dev(
-    dev: str, *, nodev: bool = False, bind_devices: bool = False, rootless: bool = False
-) -> None:
-    """A tmpfs /dev with the standard nodes.  With ``nodev`` (restricted devices) the
-    tmpfs is mounted nodev, so a node created in it by the container cannot be
-    opened, and the standard nodes are bind mounts of the host's instead."""
-    _ensure_dir(dev)
-    flags = L.MS_NOSUID | L.MS_STRICTATIME | (L.MS_NODEV if nodev else 0)
-    _mount("tmpfs", dev, "tmpfs", flags, "mode=755,size=65536k")
-    old_umask = os.umask(0)
-    try:
-        for name, major, minor in _DEVICES:
-            path = os.path.join(dev, name)
-            # In a user namespace mknod is refused: bind the host's nodes there too.
-            if (nodev or bind_devices) and _is_host_device(f"/dev/{name}", major, minor):
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
-                _mount(f"/dev/{name}", path, None, L.MS_BIND)
-                continue
-            try:
-                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            except OSError as exc:
-                raise InitFailure(f"mknod /dev/{name}: {_strerror(exc)}") from None
-        for sub in ("pts", "shm", "mqueue"):
-            os.mkdir(os.path.join(dev, sub), 0o755)
-    finally:
-        os.umask(old_umask)
-    _mount(
-        "devpts",
-        os.path.join(dev, "pts"),
-        "devpts",
-        L.MS_NOSUID | L.MS_NOEXEC,
-        # Rootless, gid 5 (tty) is not mapped in the user namespace: no gid option.
-        "newinstance,ptmxmode=0666,mode=0620" + ("" if rootless else ",gid=5"),
-    )
-    _mount(
-        "shm",
-        os.path.join(dev, "shm"),
-        "tmpfs",
-        L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
-        "mode=1777,size=65536k",
-    )
-    _mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
-    for target, name in _DEV_SYMLINKS:
-        os.symlink(target, os.path.join(dev, name))
-
-
-def _is_host_device(path: str, major: int, minor: int) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(major, minor)
 
 
 def _apply(rootfs: str, op: ops.SetupOp, *, nodev: bool = False) -> None:

@@ -53,3 +53,5 @@ class SpareRequest:
     has_cgroup_fd: bool
     prefault: bool = False
     """Take the copy-on-write faults while waiting (vortex/helper/prefault.py)."""
+    premount: bool = False
+    """Create the kernel filesystems while waiting (vortex/helper/kernelfs.py)."""

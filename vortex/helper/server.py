@@ -28,7 +28,8 @@ import socket
 import sys
 
 from vortex import _linux as L
-from vortex.helper.init import run_init
+from vortex.helper import kernelfs
+from vortex.helper.init import prepare_process, run_init
 from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
 from vortex.helper.prefault import prefault_until_readable
 
@@ -107,7 +108,8 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
     if pid == 0:
         sock.close()
         if isinstance(request, SpareRequest):
-            _wait_as_spare(named["spare"], prefault=request.prefault)  # never returns
+            # never returns
+            _wait_as_spare(named["spare"], prefault=request.prefault, premount=request.premount)
         else:
             run_init(request.plan, named)  # never returns
     try:
@@ -117,15 +119,22 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
         _close(fds)
 
 
-def _wait_as_spare(fd: int, *, prefault: bool) -> None:
+def _wait_as_spare(fd: int, *, prefault: bool, premount: bool) -> None:
     """In a spare init: wait for the request of the container that takes us, then be
-    its init.  Never returns: EOF (the Runtime discarded us) exits.  With
-    ``prefault``, take the copy-on-write faults while waiting (helper/prefault.py)."""
+    its init.  Never returns: EOF (the Runtime discarded us) exits.
+
+    While it waits it does what does not depend on its container: the init's
+    first steps (signals, session) and, with ``premount``, the kernel
+    filesystems, detached (helper/kernelfs.py).  With ``prefault`` it then
+    takes the copy-on-write faults (helper/prefault.py)."""
     status = 1
     try:
-        # As run_init does first: the Runtime's death must not leave us waiting.
+        # The Runtime's death must not leave us waiting.
         L.set_parent_death_signal(signal.SIGKILL)
         L.set_process_name("vortex-spare")  # what ps shows while it waits
+        prepare_process()
+        # Restricted devices are the default (vortex/plugins/security.py).
+        premounts = kernelfs.Premounts.make(nodev=True) if premount else None
         if prefault:
             prefault_until_readable(fd)
         with socket.socket(fileno=fd) as spare:
@@ -134,7 +143,7 @@ def _wait_as_spare(fd: int, *, prefault: bool) -> None:
             request, fds = received
             assert isinstance(request, SpawnRequest)
             named, _no_cgroup_fd = named_fds(request, fds)
-            run_init(request.plan, named)  # never returns
+            run_init(request.plan, named, spare=premounts or True)  # never returns
         status = 0
     finally:
         os._exit(status)
