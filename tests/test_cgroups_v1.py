@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Spawn, attached_worker
 from vortex.cgroups import CgroupError, Limits, MissingControllerError, detect
-from vortex.cgroups._common import find_v1_hierarchies, parse_flat_keyed
+from vortex.cgroups._common import find_v1_hierarchies, parse_flat_keyed, write_each, write_file
 from vortex.cgroups.v1 import CONTROLLERS, ON_DEMAND, V1Backend, V1Cgroup
 
 MiB = 1 << 20
@@ -297,3 +297,36 @@ def test_invalid_limits_are_rejected_before_writing(backend: V1Backend) -> None:
         cgroup.apply(Limits(pids=-1))
     with pytest.raises(CgroupError, match="pid 0"):
         cgroup.attach(0)
+
+
+def test_an_on_demand_hierarchy_counts_once_joined(backend: V1Backend) -> None:
+    """V1Cgroup.paths looks the on-demand directories up once and follows _join."""
+    if "cpuset" not in HIERARCHIES:
+        pytest.skip("no v1 cpuset hierarchy")
+    cgroup = backend.create("ondemand")
+    cpuset = cgroup.path("cpuset")
+    assert cpuset is not None
+    assert cpuset not in cgroup.paths and not os.path.exists(cpuset)
+    cgroup.apply(Limits(cpuset_cpus="0"))
+    assert cpuset in cgroup.paths and read(cgroup, "cpuset", "cpuset.cpus") == "0"
+    cgroup.remove()
+    assert not os.path.exists(cpuset)
+
+
+def test_devices_rules_are_written_one_per_write() -> None:
+    """write_each: one open file, one write(2) per rule (devices.allow takes one at a
+    time); a rule the kernel rejects is named, the ones before it are in."""
+    if "devices" not in HIERARCHIES:
+        pytest.skip("no v1 devices hierarchy")
+    devices = os.path.join(HIERARCHIES["devices"], f"vortex-test-rules-{os.getpid()}")
+    os.mkdir(devices)
+    try:
+        write_file(os.path.join(devices, "devices.deny"), "a")
+        allow = os.path.join(devices, "devices.allow")
+        write_each(allow, ["c 1:3 rwm", "c 1:5 rwm"])
+        with pytest.raises(CgroupError, match=r"cannot write 'nonsense' to .*devices\.allow"):
+            write_each(allow, ["c 1:7 rwm", "nonsense", "c 1:8 rwm"])
+        with open(os.path.join(devices, "devices.list")) as f:
+            assert f.read().splitlines() == ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm"]
+    finally:
+        os.rmdir(devices)

@@ -268,11 +268,24 @@ def check_limits(limits: Limits) -> None:
 # File operations on cgroupfs
 
 
+def _read_text(path: str) -> str:
+    # os.open/os.read, not open(): a cgroup file is a few bytes to a few KiB, and
+    # open()'s buffered text layer costs a stat, an ioctl and a seek per file
+    # (~4 us each time: ~20 reads per container on cgroup v1).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", errors="replace")
+
+
 def read_file(path: str) -> str:
     """Read a cgroup file; CgroupError if it cannot be read."""
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        return _read_text(path)
     except OSError as e:
         raise CgroupError(
             f"cannot read {path}: {e.strerror}; check that the cgroup exists"
@@ -282,8 +295,7 @@ def read_file(path: str) -> str:
 def read_optional(path: str) -> str | None:
     """Read a cgroup file that may not exist (older kernel, controller not enabled)."""
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        return _read_text(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
@@ -296,20 +308,30 @@ def write_file(path: str, value: str, hint: str = "") -> None:
     ``hint`` is appended to the error message (what to do about it); without
     one, the message suggests the usual causes.
     """
+    write_each(path, (value,), hint)
+
+
+def write_each(path: str, values: Iterable[str], hint: str = "") -> None:
+    """Write each of ``values`` to a cgroup file with a write(2) of its own, through
+    one open file (v1's ``devices.allow`` takes one rule per write)."""
+    values = list(values)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
         raise CgroupError(
-            f"cannot open {path} to write {value!r}: {e.strerror}; "
+            f"cannot open {path} to write {values[0] if len(values) == 1 else values!r}: "
+            f"{e.strerror}; "
             + (hint or "check that the cgroup exists and that Vortex runs as root")
         ) from None
     try:
-        os.write(fd, value.encode("ascii"))
-    except OSError as e:
-        raise CgroupError(
-            f"cannot write {value!r} to {path}: {e.strerror}; "
-            + (hint or "the kernel rejected the value")
-        ) from None
+        for value in values:
+            try:
+                os.write(fd, value.encode("ascii"))
+            except OSError as e:
+                raise CgroupError(
+                    f"cannot write {value!r} to {path}: {e.strerror}; "
+                    + (hint or "the kernel rejected the value")
+                ) from None
     finally:
         os.close(fd)
 

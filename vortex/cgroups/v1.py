@@ -83,6 +83,8 @@ class V1Cgroup(Cgroup):
         self._dirs = dict(dirs)
         self._mounts = dict(mounts or {})
         self._timeout = timeout
+        self._joined: set[str] | None = None
+        """The on-demand controllers whose directory exists (None: not looked yet)."""
 
     @property
     def paths(self) -> list[str]:
@@ -90,10 +92,15 @@ class V1Cgroup(Cgroup):
 
         On-demand hierarchies (cpuset, blkio, hugetlb) count once apply() made them.
         """
+        if self._joined is None:
+            # Looked up once, then kept up to date by _join: paths is asked several
+            # times per container (attach, kill, stats, remove).
+            self._joined = {
+                c for c in ON_DEMAND if c in self._dirs and os.path.isdir(self._dirs[c])
+            }
+        joined = self._joined
         return list(
-            dict.fromkeys(
-                d for c, d in self._dirs.items() if c not in ON_DEMAND or os.path.isdir(d)
-            )
+            dict.fromkeys(d for c, d in self._dirs.items() if c not in ON_DEMAND or c in joined)
         )
 
     @property
@@ -160,6 +167,7 @@ class V1Cgroup(Cgroup):
         from its parent, as cgroup.clone_children would.
         """
         directory = self._dirs[controller]
+        self._joined = None  # looked up again at the next paths
         if os.path.isdir(directory):
             return
         mount = self._mounts.get(controller) or os.path.dirname(os.path.dirname(directory))
@@ -415,9 +423,12 @@ class V1Backend(CgroupBackend):
         made: list[str] = []
         try:
             for directory in cgroup.paths:
-                make_dir(os.path.dirname(directory))
                 try:
-                    os.mkdir(directory)
+                    try:
+                        os.mkdir(directory)
+                    except FileNotFoundError:  # the parents first (only the first time)
+                        make_dir(os.path.dirname(directory))
+                        os.mkdir(directory)
                 except FileExistsError:
                     raise CgroupError(
                         f"cgroup {name} already exists ({directory}); "

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from vortex.cgroups._common import attach_pid, find_v1_hierarchies, write_file
+from vortex.cgroups._common import attach_pid, find_v1_hierarchies, write_each, write_file
 from vortex.errors import CgroupError, SpecError
 from vortex.records import record
 
@@ -138,9 +138,7 @@ def v1_devices_dir(
 def restrict(directory: str, rules: tuple[str, ...] = ALLOWED_DEVICES) -> None:
     """Deny every device in an existing v1 devices cgroup, then allow ``rules``."""
     write_file(os.path.join(directory, "devices.deny"), "a")
-    allow = os.path.join(directory, "devices.allow")
-    for rule in rules:
-        write_file(allow, rule)
+    write_each(os.path.join(directory, "devices.allow"), rules)
 
 
 def sweep_stale(
