@@ -364,10 +364,11 @@ def session(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[3])
 
 
-async def prepared_spare(rt: vortex.Runtime, rootfs: Path) -> SpareInit:
-    """A spare cloned while nothing runs, once it has premounted its kernel filesystems."""
+async def prepared_spare(rt: vortex.Runtime, rootfs: Path, wait: float = 10) -> SpareInit:
+    """A spare cloned while nothing runs, once it has premounted its kernel filesystems
+    (an AssertionError after ``wait`` seconds)."""
     spare = await _spare_after_an_idle_exit(rt, rootfs)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + wait
     while len(detached_mounts(spare.pid)) < 6:
         assert time.monotonic() < deadline, "the spare never premounted"
         await anyio.sleep(0.01)
@@ -458,3 +459,49 @@ async def test_a_spare_mounts_what_a_fresh_init_mounts(rootfs: Path, privileged:
     assert fresh.exit_code == taken.exit_code == 0
     assert b"/dev/pts" in fresh.stdout and b"null" in fresh.stdout
     assert taken.stdout == fresh.stdout
+
+
+WITHOUT_NEW_MOUNT_API = """
+import sys, anyio, vortex
+from pathlib import Path
+from tests.test_spare import detached_mounts, prepared_spare, spec
+from vortex.security import seccomp
+
+# A kernel (or a seccomp profile around us) without (part of) the new mount API:
+# the call fails with ENOSYS for this process and all it starts, spares included.
+profile = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": [sys.argv[2]], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}],
+}
+seccomp.set_no_new_privs()
+seccomp.load_filter(seccomp.compile_profile(profile))
+
+
+async def main() -> None:
+    rootfs = Path(sys.argv[1])
+    async with vortex.Runtime() as rt:
+        try:
+            await prepared_spare(rt, rootfs, wait=1)
+        except AssertionError as exc:
+            print("no premounts:", exc)
+        spare = await rt.spare()
+        assert spare is not None and not detached_mounts(spare.pid)
+        result = await rt.run(spec(rootfs, "/bin/ls", "/dev", "/dev/pts", "/proc/self"))
+        assert result.container_id is not None
+        print(result.exit_code, result.stdout.decode().split())
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("refused", ["fsopen", "open_tree"])
+def test_without_the_new_mount_api_a_spare_mounts_in_place(rootfs: Path, refused: str) -> None:
+    """Where fsopen is refused, an idle spare premounts nothing; where open_tree is
+    (for the host's nodes, after the six filesystems), it closes what it made.
+    Its container mounts in place as a fresh init."""
+    output = run_python(WITHOUT_NEW_MOUNT_API, str(rootfs), refused).stdout
+    assert "no premounts: the spare never premounted" in output
+    status, listing = output.splitlines()[-1].split(" ", 1)
+    assert status == "0"
+    for name in ("null", "ptmx", "pts", "shm", "mqueue", "status"):
+        assert f"'{name}'" in listing
