@@ -78,16 +78,19 @@ def raise_reported_failure(report: bytes) -> None:
 
 
 def run_init(
-    plan: InitPlan, fds: dict[str, int], *, spare: kernelfs.Premounts | bool | None = None
+    plan: InitPlan,
+    fds: dict[str, int],
+    *,
+    prepared: bool = False,
+    premounts: kernelfs.Premounts | None = None,
 ) -> None:
     """Entry point in the cloned child.  Never returns.
 
-    ``spare``: this init is a spare that already ran :func:`prepare_process`
-    while it waited, and the kernel filesystems it premounted (True when it
-    could not premount them)."""
+    A spare init passes ``prepared`` (it ran :func:`prepare_process` while it
+    waited) and the kernel filesystems it premounted, if it did."""
     error_fd = fds["errors"]
     try:
-        _run(plan, fds, spare)
+        _run(plan, fds, prepared, premounts)
     except InitFailure as failure:
         kind = "exec" if failure.exit_status in (EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE) else "setup"
         _report(error_fd, encode_failure(kind, failure.exit_status, str(failure)))
@@ -122,8 +125,10 @@ def prepare_process() -> None:
     os.setsid()
 
 
-def _run(plan: InitPlan, fds: dict[str, int], spare: kernelfs.Premounts | bool | None) -> None:
-    if spare is None:
+def _run(
+    plan: InitPlan, fds: dict[str, int], prepared: bool, premounts: kernelfs.Premounts | None
+) -> None:
+    if not prepared:
         prepare_process()
     # fds received over SCM_RIGHTS arrive without close-on-exec; the error pipe must
     # close at exec, or the Runtime would only learn "exec succeeded" at exit.
@@ -143,7 +148,6 @@ def _run(plan: InitPlan, fds: dict[str, int], spare: kernelfs.Premounts | bool |
     _step(lambda: L.unshare(L.CLONE_NEWCGROUP), "unshare cgroup namespace")
 
     rootfs = os.path.realpath(plan.rootfs)
-    premounts = spare if isinstance(spare, kernelfs.Premounts) else None
     if premounts is not None and (
         premounts.nodev != sec.nodev_rootfs or sec.userns or sec.rootless
     ):

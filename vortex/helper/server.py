@@ -143,7 +143,8 @@ def _wait_as_spare(fd: int, *, prefault: bool, premount: bool) -> None:
             request, fds = received
             assert isinstance(request, SpawnRequest)
             named, _no_cgroup_fd = named_fds(request, fds)
-            run_init(request.plan, named, spare=premounts or True)  # never returns
+            # never returns
+            run_init(request.plan, named, prepared=True, premounts=premounts)
         status = 0
     finally:
         os._exit(status)
