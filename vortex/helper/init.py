@@ -258,9 +258,13 @@ def _setup_mounts(
     _mount(rootfs, rootfs, None, L.MS_BIND | L.MS_REC)
 
     # /proc, /sys, /dev (vortex/helper/kernelfs.py).
+    attached = False
     if premounts is not None:
-        _step(lambda: premounts.attach(rootfs, _ensure_dir), "mount /proc, /sys and /dev")
-    else:
+        try:
+            attached = premounts.attach(rootfs, _ensure_dir)
+        except OSError as exc:
+            raise InitFailure(f"mount /proc, /sys and /dev: {_strerror(exc)}") from None
+    if not attached:
         try:
             kernelfs.mount_in_place(
                 rootfs,

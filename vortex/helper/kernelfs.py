@@ -27,6 +27,7 @@ closes the premounts and mounts in place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -198,19 +199,29 @@ class Premounts:
         self._mounts: list[int] = []
         self._node_binds: list[tuple[str, int]] = []
 
-    def attach(self, rootfs: str, ensure_dir: Callable[[str], None]) -> None:
+    def attach(self, rootfs: str, ensure_dir: Callable[[str], None]) -> bool:
         """Move each onto its path under ``rootfs`` (in table order: /dev before its
-        mount points).  The fds are closed afterwards, attached or not."""
+        mount points).  The fds are closed afterwards, attached or not.
+
+        False when the kernel refuses the first move outright (a seccomp profile
+        around the Runtime that allows ``fsopen`` but not ``move_mount``):
+        nothing is attached then, and the init mounts in place instead."""
         try:
             for (path, *_rest), fd in zip(KERNEL_FILESYSTEMS, self._mounts, strict=True):
                 target = os.path.join(rootfs, path)
                 if "/" not in path:
                     ensure_dir(target)
-                L.attach_mount(fd, target)
+                try:
+                    L.attach_mount(fd, target)
+                except OSError as exc:
+                    if path == "proc" and exc.errno in (errno.ENOSYS, errno.EPERM):
+                        return False
+                    raise
             for name, fd in self._node_binds:
                 L.attach_mount(fd, os.path.join(rootfs, "dev", name))
         finally:
             self.close()
+        return True
 
     def close(self) -> None:
         """Unused (the container needs another variant): the detached mounts go with
