@@ -54,8 +54,6 @@ _DEV_SYMLINKS = (
 _DEV_DIRECTORIES = ("pts", "shm", "mqueue")
 
 _SIZE = "65536k"
-_TMPFS_DEV: dict[str, str | None] = {"mode": "755", "size": _SIZE}
-_TMPFS_SHM: dict[str, str | None] = {"mode": "1777", "size": _SIZE}
 
 
 class KernelFsError(Exception):
@@ -66,7 +64,7 @@ KERNEL_FILESYSTEMS: tuple[tuple[str, str, str, int, dict[str, str | None]], ...]
     # (path in the root filesystem, fstype, source, mount flags, options)
     ("proc", "proc", "proc", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV, {}),
     ("sys", "sysfs", "sysfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV, {}),
-    ("dev", "tmpfs", "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, _TMPFS_DEV),
+    ("dev", "tmpfs", "tmpfs", L.MS_NOSUID | L.MS_STRICTATIME, {"mode": "755", "size": _SIZE}),
     (
         "dev/pts",
         "devpts",
@@ -83,6 +81,15 @@ KERNEL_FILESYSTEMS: tuple[tuple[str, str, str, int, dict[str, str | None]], ...]
     ),
     ("dev/mqueue", "mqueue", "mqueue", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, {}),
 )
+
+
+def _mount_point(rootfs: str, path: str, ensure_dir: Callable[[str], None]) -> str:
+    """Where a table entry goes under ``rootfs``, made if missing; /dev's own
+    mount points are made when /dev is filled."""
+    target = os.path.join(rootfs, path)
+    if "/" not in path:
+        ensure_dir(target)
+    return target
 
 
 def _variant(
@@ -169,9 +176,7 @@ def mount_in_place(
     ``bind_devices`` (a user namespace, where mknod is refused) the device
     nodes are bind mounts of the host's."""
     for path, fstype, source, flags, options in KERNEL_FILESYSTEMS:
-        target = os.path.join(rootfs, path)
-        if "/" not in path:  # /dev's own directories are made when /dev is filled
-            ensure_dir(target)
+        target = _mount_point(rootfs, path, ensure_dir)
         flags, options = _variant(flags, options, path, nodev=nodev, rootless=rootless)
         mount(source, target, fstype, flags, _data(options))
         if path == "dev":
@@ -208,9 +213,7 @@ class Premounts:
         nothing is attached then, and the init mounts in place instead."""
         try:
             for (path, *_rest), fd in zip(KERNEL_FILESYSTEMS, self._mounts, strict=True):
-                target = os.path.join(rootfs, path)
-                if "/" not in path:
-                    ensure_dir(target)
+                target = _mount_point(rootfs, path, ensure_dir)
                 try:
                     L.attach_mount(fd, target)
                 except OSError as exc:

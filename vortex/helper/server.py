@@ -129,10 +129,9 @@ def _wait_as_spare(fd: int, *, prefault: bool, premount: bool) -> None:
     takes the copy-on-write faults (helper/prefault.py)."""
     status = 1
     try:
-        # The Runtime's death must not leave us waiting.
-        L.set_parent_death_signal(signal.SIGKILL)
-        L.set_process_name("vortex-spare")  # what ps shows while it waits
+        # First the parent-death signal: the Runtime's death must not leave us waiting.
         prepare_process()
+        L.set_process_name("vortex-spare")  # what ps shows while it waits
         # Restricted devices are the default (vortex/plugins/security.py).
         premounts = kernelfs.Premounts.make(nodev=True) if premount else None
         if prefault:
