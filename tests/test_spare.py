@@ -36,15 +36,24 @@ def spec(rootfs: Path, *command: str, **kwargs: object) -> ContainerSpec:
     return ContainerSpec(rootfs=rootfs, command=list(command), **kwargs)  # type: ignore[arg-type]
 
 
-def process(pid: int) -> tuple[str, str, int] | None:
-    """(name, state, parent PID) of a process; None once it is gone."""
+def stat_fields(pid: int) -> tuple[str, list[str]] | None:
+    """A process's name and the /proc/PID/stat fields after it (state, parent PID,
+    process group, session...); None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             name_part, rest = f.read().rsplit(")", 1)
     except FileNotFoundError:
         return None
-    fields = rest.split()
-    return name_part.split("(", 1)[1], fields[0], int(fields[1])
+    return name_part.split("(", 1)[1], rest.split()
+
+
+def process(pid: int) -> tuple[str, str, int] | None:
+    """(name, state, parent PID) of a process; None once it is gone."""
+    found = stat_fields(pid)
+    if found is None:
+        return None
+    name, fields = found
+    return name, fields[0], int(fields[1])
 
 
 def cgroup_v2_path(pid: int) -> str:
@@ -360,8 +369,9 @@ def signal_masks(pid: int) -> dict[str, str]:
 
 
 def session(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[3])
+    found = stat_fields(pid)
+    assert found is not None, f"process {pid} is gone"
+    return int(found[1][3])
 
 
 async def prepared_spare(rt: vortex.Runtime, rootfs: Path, wait: float = 10) -> SpareInit:
