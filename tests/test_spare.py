@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import vortex
 from tests.conftest import child_processes, host_is_pure_cgroup2, reachable_copy, run_python
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
+from vortex.ops import LoopbackUp, SetupOp
 from vortex.security.options import SecurityOptions
 from vortex.security.policy import SecurityPolicy
 from vortex.spare import SpareInit
@@ -340,6 +346,159 @@ def children_of(parent: int, name: str | None = None) -> list[int]:
 
 # ------------------------------------------------------- what a spare does while it waits
 
+IFF_UP = 0x1
+SIOCGIFFLAGS = 0x8913
+
+
+def loopback_is_up(pid: int) -> bool:
+    """Whether ``lo`` is up in the network namespace of ``pid``, asked from a thread
+    that joined it (setns moves only the calling thread to another network
+    namespace; the thread ends with it)."""
+    answers: list[bool | BaseException] = []
+
+    def ask() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                asked = struct.pack("16sh", b"lo", 0)
+                flags = struct.unpack("16sh", fcntl.ioctl(sock, SIOCGIFFLAGS, asked))[1]
+            answers.append(bool(flags & IFF_UP))
+        except BaseException as exc:  # handed to the test's thread
+            answers.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    thread.join()
+    if isinstance(answers[0], BaseException):
+        raise answers[0]
+    return answers[0]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+async def wait_for_loopback(pid: int, up: bool = True) -> None:
+    deadline = time.monotonic() + 10
+    while loopback_is_up(pid) is not up:
+        assert time.monotonic() < deadline, f"lo of process {pid} never went {up and 'up'}"
+        await anyio.sleep(0.01)
+
+
+class LoopbackWhenAsked:
+    """Brings ``lo`` up only for containers with LOOPBACK=up in their environment
+    (with the net plugin disabled): plans that change from one start to the next."""
+
+    @hookimpl
+    def vortex_pre_pivot(self, container: Container) -> list[SetupOp]:
+        return [LoopbackUp()] if container.spec.env.get("LOOPBACK") == "up" else []
+
+
+async def test_a_waiting_spare_brings_loopback_up(rootfs: Path) -> None:
+    """The net plugin's plan brings lo up, so the next spare does it while it waits,
+    also beside a running container; its container's lo is up."""
+    async with vortex.Runtime() as rt:
+        running = await rt.start(spec(rootfs, "/bin/sleep", "60"))
+        spare = await rt.spare()  # cloned right away, beside it
+        assert spare is not None and spare.loopback
+        await wait_for_loopback(spare.pid)
+        container = await rt.start(spec(rootfs, "/bin/cat", "/sys/class/net/lo/flags"))
+        assert container.pid == spare.pid
+        result = await container.wait()
+        assert result.exit_code == 0 and int(result.stdout, 16) & IFF_UP
+        running.kill(signal.SIGKILL)
+        await running.wait()
+
+
+async def test_a_spare_with_loopback_up_serves_only_plans_that_bring_it_up(
+    rootfs: Path,
+) -> None:
+    """The next spare does what the last plan did.  When the next plan differs, the
+    spare is ended and the container cloned fresh: no init takes lo down again."""
+
+    def flags_of(env: dict[str, str]) -> ContainerSpec:
+        return spec(rootfs, "/bin/cat", "/sys/class/net/lo/flags", env=env)
+
+    async def start(env: dict[str, str], spare: SpareInit) -> tuple[bool, bool]:
+        """(took the spare, lo up in the container)."""
+        container = await rt.start(flags_of(env))
+        result = await container.wait()
+        assert result.exit_code == 0, result.stderr
+        return container.pid == spare.pid, bool(int(result.stdout, 16) & IFF_UP)
+
+    async def next_spare(loopback: bool) -> SpareInit:
+        spare = await rt.spare()
+        assert spare is not None and spare.loopback is loopback
+        await wait_for_loopback(spare.pid, loopback)
+        return spare
+
+    up, down = {"LOOPBACK": "up"}, {}
+    plugin = LoopbackWhenAsked()
+    async with vortex.Runtime(disabled_plugins=["net"], plugins=[plugin]) as rt:
+        assert (await rt.run(flags_of(up))).exit_code == 0
+        spare = await next_spare(loopback=True)
+        assert await start(down, spare) == (False, False)  # turned away
+        assert process(spare.pid) is None  # ended and reaped
+        spare = await next_spare(loopback=False)
+        assert await start(down, spare) == (True, False)
+        spare = await next_spare(loopback=False)
+        assert await start(up, spare) == (False, True)  # turned away
+        spare = await next_spare(loopback=True)
+        assert await start(up, spare) == (True, True)
+
+
+LOOPBACK_REFUSED = """
+import sys, anyio, vortex
+from pathlib import Path
+from tests.test_spare import spec
+from vortex.errors import ContainerSetupError
+from vortex.security import seccomp
+
+# Setting lo's flags is refused (EPERM) to this process and all it starts, spares
+# included: the spare's try fails, the init tries again and reports it.
+profile = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [
+        {
+            "names": ["ioctl"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 1,
+            "args": [{"index": 1, "value": 0x8914, "op": "SCMP_CMP_EQ"}],
+        }
+    ],
+}
+seccomp.set_no_new_privs()
+seccomp.load_filter(seccomp.compile_profile(profile))
+
+
+async def main() -> None:
+    rootfs = Path(sys.argv[1])
+    async with vortex.Runtime() as rt:
+        for from_a_spare in (False, True):
+            spare = await rt.spare()
+            assert (spare is not None and spare.loopback) is from_a_spare
+            try:
+                await rt.run(spec(rootfs, "/bin/true"))
+            except ContainerSetupError as exc:
+                print("fresh init:" if spare is None else "spare:", exc)
+
+anyio.run(main)
+"""
+
+
+def test_a_spare_that_could_not_bring_loopback_up_leaves_it_to_the_init(rootfs: Path) -> None:
+    """The failure is the container's, reported as a fresh init reports it."""
+    output = run_python(LOOPBACK_REFUSED, str(rootfs)).stdout
+    assert output.splitlines()[-2:] == [
+        "fresh init: bring up lo: operation not permitted",
+        "spare: bring up lo: operation not permitted",
+    ]
+
 
 def detached_mounts(pid: int) -> set[int]:
     """Ids of the mounts a process holds by fd that are in neither its mount namespace
@@ -391,6 +550,13 @@ KERNEL_FILESYSTEMS_SEEN = r"""
 awk '$5 ~ /^\/(proc|sys|dev)/ { tail = $0; sub(/.* - /, "", tail); print $5, $6, tail }' \
     /proc/self/mountinfo | sort
 ls -ln /dev | awk '{print $1, $3, $4, $5, $6, $NF}'
+"""
+
+# Its loopback device as a container sees it: the flags, then the addresses the
+# kernel gave it when it went up.
+LOOPBACK_SEEN = """
+cat /sys/class/net/lo/flags
+ip -o addr show dev lo
 """
 
 
@@ -451,12 +617,13 @@ async def test_a_spare_cloned_beside_a_container_does_not_premount(rootfs: Path)
 @pytest.mark.parametrize("privileged", [False, True], ids=["default", "privileged"])
 async def test_a_spare_mounts_what_a_fresh_init_mounts(rootfs: Path, privileged: bool) -> None:
     """Premounted (restricted devices: nodes bound from the host) or, for a container
-    of another kind, mounted in place as by a fresh init: the same filesystems."""
+    of another kind, mounted in place as by a fresh init: the same filesystems.
+    And the loopback device the spare brought up is the one a fresh init brings up."""
     command = spec(
         rootfs,
         "/bin/sh",
         "-c",
-        KERNEL_FILESYSTEMS_SEEN,
+        KERNEL_FILESYSTEMS_SEEN + LOOPBACK_SEEN,
         security=SecurityOptions(privileged=privileged),
     )
     async with vortex.Runtime(spare_init=False) as rt:
@@ -468,6 +635,7 @@ async def test_a_spare_mounts_what_a_fresh_init_mounts(rootfs: Path, privileged:
         taken = await from_spare.wait()
     assert fresh.exit_code == taken.exit_code == 0
     assert b"/dev/pts" in fresh.stdout and b"null" in fresh.stdout
+    assert b"inet 127.0.0.1/8" in fresh.stdout
     assert taken.stdout == fresh.stdout
 
 

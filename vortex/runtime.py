@@ -50,7 +50,7 @@ from vortex.lifecycle import (
 )
 from vortex.pluginmanager import call_async, load_plugins
 from vortex.result import RunResult
-from vortex.spare import SpareInit, may_take
+from vortex.spare import SpareInit, brings_loopback_up, may_take
 from vortex.spec import ContainerSpec
 from vortex.standard_fds import open_standard_fds
 from vortex.state import DEFAULT_STATE_DIR, StateDir
@@ -121,6 +121,9 @@ class Runtime:
         """How long the last spare took to clone (see _next_spare_at_exit)."""
         self._idle_since = time.monotonic()
         """When the last live container finished (or the Runtime was made)."""
+        self._spare_loopback = True
+        """Whether the next spare brings ``lo`` up: the last plan did (the net plugin's
+        does; a spare that guessed wrong is turned away, see SpareInit.fits)."""
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -225,7 +228,10 @@ class Runtime:
         self._containers[container.id] = container
         try:
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
-            await launch.clone(plan_setup(self._host, container))
+            plan_ops = plan_setup(self._host, container)
+            # The next spare brings lo up ahead when this plan does: plans rarely change.
+            self._spare_loopback = brings_loopback_up(plan_ops)
+            await launch.clone(plan_ops)
             if not next_spare_at_exit:
                 self._clone_spare_soon()  # busy: have it ready by the next start
             self._task_group.start_soon(self._watch, container, launch)
@@ -306,7 +312,11 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 began = time.monotonic()
                 spare = await SpareInit.clone(
-                    self._host, self._helper, prefault=prefault, premount=premount
+                    self._host,
+                    self._helper,
+                    prefault=prefault,
+                    premount=premount,
+                    loopback=self._spare_loopback,
                 )
                 self._spare_clone_seconds = time.monotonic() - began
         except (VortexError, OSError) as exc:

@@ -10,6 +10,8 @@ the request the fork helper would have been sent goes to the spare, which
 from then on runs exactly as a freshly cloned init.  While it waits it does
 what no spec changes (vortex/helper/server.py ``_wait_as_spare``): the init's
 first steps, and its kernel filesystems, detached (vortex/helper/kernelfs.py).
+It also brings ``lo`` up when the last container's plan did (the net plugin's
+does): a container whose plan differs is cloned fresh (``SpareInit.fits``).
 The helper clones the next spare while that container runs, or once it exited
 when the start found the Runtime idle (``Runtime._next_spare_at_exit``).
 
@@ -37,6 +39,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Iterable
 
 import anyio
 
@@ -45,6 +48,7 @@ from vortex.errors import VortexError
 from vortex.helper.client import ForkHelper, encoded
 from vortex.helper.plan import SpareRequest, SpawnRequest
 from vortex.lifecycle import NAMESPACE_FLAGS, Host, release_id
+from vortex.ops import LoopbackUp, SetupOp
 from vortex.spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -61,6 +65,11 @@ def may_take(spec: ContainerSpec) -> bool:
     return options.userns is None and options.literal is None and not rootless.is_rootless()
 
 
+def brings_loopback_up(plan_ops: Iterable[SetupOp]) -> bool:
+    """Whether a plan brings ``lo`` up (the net plugin's does)."""
+    return any(isinstance(op, LoopbackUp) for op in plan_ops)
+
+
 class SpareInit:
     """One init waiting for its container's request; owns its pidfd and socket until
     :meth:`hand_over` (then the container owns the pidfd) or :meth:`discard`."""
@@ -74,6 +83,7 @@ class SpareInit:
         requests: socket.socket,
         *,
         in_cgroup: bool,
+        loopback: bool = False,
     ) -> None:
         self.container_id = container_id
         """The id (with a state record) the spare's cgroup was made for; None on v1."""
@@ -84,16 +94,25 @@ class SpareInit:
         self.in_cgroup = in_cgroup
         """Cloned into ``cgroup`` (cgroup v2); on v1 the Runtime attaches it when taken."""
         self.clone_flags = NAMESPACE_FLAGS
+        self.loopback = loopback
+        """Asked to bring ``lo`` up while it waits: only a plan with LoopbackUp fits."""
 
     @classmethod
     async def clone(
-        cls, host: Host, helper: ForkHelper, *, prefault: bool = False, premount: bool = False
+        cls,
+        host: Host,
+        helper: ForkHelper,
+        *,
+        prefault: bool = False,
+        premount: bool = False,
+        loopback: bool = False,
     ) -> SpareInit:
         """Have the helper clone a spare; on cgroup v2 first record an id and create
         its cgroup, to clone the spare into.  On failure nothing is left behind.
         With ``prefault`` it copies its memory while it waits (helper/prefault.py),
         unless it is cloned into a cgroup (v2); with ``premount`` it creates its
-        container's kernel filesystems (helper/kernelfs.py)."""
+        container's kernel filesystems (helper/kernelfs.py); with ``loopback`` it
+        brings ``lo`` up, and only a container whose plan does so will fit."""
         container_id = None
         if host.cgroups is not None and host.cgroups.version == 2:
             container_id = os.urandom(16).hex()
@@ -118,6 +137,7 @@ class SpareInit:
                     has_cgroup_fd=cgroup_fd is not None,
                     prefault=prefault,
                     premount=premount,
+                    loopback=loopback,
                 )
                 pid, pidfd = await helper.spawn(request, fds)
             finally:
@@ -133,7 +153,15 @@ class SpareInit:
             if container_id is not None:
                 host.state.forget(container_id)
             raise
-        return cls(container_id, cgroup, pid, pidfd, ours, in_cgroup=cgroup_fd is not None)
+        return cls(
+            container_id,
+            cgroup,
+            pid,
+            pidfd,
+            ours,
+            in_cgroup=cgroup_fd is not None,
+            loopback=loopback,
+        )
 
     def fds(self) -> list[int]:
         """The descriptors the spare holds in the Runtime (for leak accounting)."""
@@ -141,8 +169,11 @@ class SpareInit:
         return held + ([self.pidfd] if self.pidfd is not None else [])
 
     def fits(self, request: SpawnRequest) -> bool:
-        """The container's init needs the namespaces the spare was cloned with."""
-        return request.clone_flags == self.clone_flags
+        """The container's init needs the namespaces the spare was cloned with, and
+        ``lo`` up exactly when the spare brought it up (no init takes it down)."""
+        return request.clone_flags == self.clone_flags and self.loopback == brings_loopback_up(
+            request.plan.ops
+        )
 
     def hand_over(self, request: SpawnRequest, fds: list[int]) -> int:
         """Send the spare its container's request (the fds are only lent); returns the

@@ -83,14 +83,17 @@ def run_init(
     *,
     prepared: bool = False,
     premounts: kernelfs.Premounts | None = None,
+    loopback_up: bool = False,
 ) -> None:
     """Entry point in the cloned child.  Never returns.
 
     A spare init passes ``prepared`` (it ran :func:`prepare_process` while it
-    waited) and the kernel filesystems it premounted, if it did."""
+    waited), the kernel filesystems it premounted, if it did, and
+    ``loopback_up`` when it brought ``lo`` up (then the plan's LoopbackUp has
+    nothing left to do)."""
     error_fd = fds["errors"]
     try:
-        _run(plan, fds, prepared, premounts)
+        _run(plan, fds, prepared, premounts, loopback_up)
     except InitFailure as failure:
         kind = "exec" if failure.exit_status in (EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE) else "setup"
         _report(error_fd, encode_failure(kind, failure.exit_status, str(failure)))
@@ -126,7 +129,11 @@ def prepare_process() -> None:
 
 
 def _run(
-    plan: InitPlan, fds: dict[str, int], prepared: bool, premounts: kernelfs.Premounts | None
+    plan: InitPlan,
+    fds: dict[str, int],
+    prepared: bool,
+    premounts: kernelfs.Premounts | None,
+    loopback_up: bool,
 ) -> None:
     if not prepared:
         prepare_process()
@@ -160,6 +167,7 @@ def _run(
         nodev=sec.nodev_rootfs,
         bind_devices=sec.userns,
         rootless=sec.rootless,
+        loopback_up=loopback_up,
     )
     _step(lambda: os.chdir(rootfs), "chdir to rootfs")
     # new_root == put_old: the old root ends up stacked under "/" and is detached right
@@ -251,6 +259,7 @@ def _setup_mounts(
     nodev: bool = False,
     bind_devices: bool = False,
     rootless: bool = False,
+    loopback_up: bool = False,
 ) -> None:
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
@@ -278,12 +287,12 @@ def _setup_mounts(
             raise InitFailure(str(exc)) from None
 
     for op in plan_ops:
-        _apply(rootfs, op, nodev=nodev)
+        _apply(rootfs, op, nodev=nodev, loopback_up=loopback_up)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(os.path.join(rootfs, _STAGING))
 
 
-def _apply(rootfs: str, op: ops.SetupOp, *, nodev: bool = False) -> None:
+def _apply(rootfs: str, op: ops.SetupOp, *, nodev: bool = False, loopback_up: bool = False) -> None:
     match op:
         case ops.BindMount(source=source, target=target, readonly=readonly, recursive=recursive):
             path = _inside(rootfs, target)
@@ -316,7 +325,8 @@ def _apply(rootfs: str, op: ops.SetupOp, *, nodev: bool = False) -> None:
             except OSError as exc:
                 raise InitFailure(f"symlink {path}: {_strerror(exc)}") from None
         case ops.LoopbackUp():
-            _loopback_up()
+            if not loopback_up:  # a spare init may have done it while it waited
+                bring_loopback_up()
         case _:
             raise InitFailure(f"unknown setup operation {op!r}")
 
@@ -356,7 +366,9 @@ def _write_private_file(rootfs: str, path: str, content: bytes, mode: int) -> No
     os.unlink(staged)
 
 
-def _loopback_up() -> None:
+def bring_loopback_up() -> None:
+    """Set IFF_UP on this network namespace's ``lo`` (the kernel then gives it
+    127.0.0.1 and ::1)."""
     try:
         sock = L.socket(L.AF_INET, L.SOCK_DGRAM)
         try:

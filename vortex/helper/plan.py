@@ -55,3 +55,6 @@ class SpareRequest:
     """Take the copy-on-write faults while waiting (vortex/helper/prefault.py)."""
     premount: bool = False
     """Create the kernel filesystems while waiting (vortex/helper/kernelfs.py)."""
+    loopback: bool = False
+    """Bring ``lo`` up while waiting: the container's plan will ask for it
+    (``SpareInit.fits`` turns a spare away whose container's plan does not)."""

@@ -29,7 +29,7 @@ import sys
 
 from vortex import _linux as L
 from vortex.helper import kernelfs
-from vortex.helper.init import prepare_process, run_init
+from vortex.helper.init import InitFailure, bring_loopback_up, prepare_process, run_init
 from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
 from vortex.helper.prefault import prefault_until_readable
 
@@ -109,7 +109,7 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
         sock.close()
         if isinstance(request, SpareRequest):
             # never returns
-            _wait_as_spare(named["spare"], prefault=request.prefault, premount=request.premount)
+            _wait_as_spare(named["spare"], request)
         else:
             run_init(request.plan, named)  # never returns
     try:
@@ -119,22 +119,31 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
         _close(fds)
 
 
-def _wait_as_spare(fd: int, *, prefault: bool, premount: bool) -> None:
+def _wait_as_spare(fd: int, asked: SpareRequest) -> None:
     """In a spare init: wait for the request of the container that takes us, then be
     its init.  Never returns: EOF (the Runtime discarded us) exits.
 
     While it waits it does what does not depend on its container: the init's
-    first steps (signals, session) and, with ``premount``, the kernel
-    filesystems, detached (helper/kernelfs.py).  With ``prefault`` it then
-    takes the copy-on-write faults (helper/prefault.py)."""
+    first steps (signals, session), with ``premount`` the kernel filesystems,
+    detached (helper/kernelfs.py), and with ``loopback`` ``lo`` up (the
+    Runtime asks for that only when its container's plan will).  With
+    ``prefault`` it then takes the copy-on-write faults (helper/prefault.py)."""
     status = 1
     try:
         # First the parent-death signal: the Runtime's death must not leave us waiting.
         prepare_process()
         L.set_process_name("vortex-spare")  # what ps shows while it waits
         # Restricted devices are the default (vortex/plugins/security.py).
-        premounts = kernelfs.Premounts.make(nodev=True) if premount else None
-        if prefault:
+        premounts = kernelfs.Premounts.make(nodev=True) if asked.premount else None
+        # The kernel's work for a network device going up (~0.3 ms on 2 cores), off
+        # the start's path.  If it fails here, the init tries again at its plan's
+        # LoopbackUp and reports the failure as a fresh init would.
+        loopback_up = False
+        if asked.loopback:
+            with contextlib.suppress(InitFailure):
+                bring_loopback_up()
+                loopback_up = True
+        if asked.prefault:
             prefault_until_readable(fd)
         with socket.socket(fileno=fd) as spare:
             received = receive_request(spare)
@@ -143,7 +152,9 @@ def _wait_as_spare(fd: int, *, prefault: bool, premount: bool) -> None:
             assert isinstance(request, SpawnRequest)
             named, _no_cgroup_fd = named_fds(request, fds)
             # never returns
-            run_init(request.plan, named, prepared=True, premounts=premounts)
+            run_init(
+                request.plan, named, prepared=True, premounts=premounts, loopback_up=loopback_up
+            )
         status = 0
     finally:
         os._exit(status)
