@@ -158,7 +158,7 @@ async def test_helper_is_execed_when_threads_exist(rootfs: Path) -> None:
     thread.start()
     try:
         async with vortex.Runtime() as rt:
-            assert rt._helper is not None and rt._helper._popen is not None
+            assert rt._helper is not None and rt._helper.execed
             result = await rt.run(spec(rootfs, "echo threaded"))
     finally:
         stop.set()
@@ -174,9 +174,9 @@ from vortex import ContainerSpec, Runtime, Stdio, _linux as L
 async def main(rootfs):
     assert L.is_single_threaded()
     async with Runtime() as rt:
-        assert rt._helper._popen is None  # where it can, a Runtime forks its helper
+        assert not rt._helper.execed  # where it can, a Runtime forks its helper
     async with Runtime(fresh_helper=True) as rt:
-        assert rt._helper._popen is not None
+        assert rt._helper.execed
         assert command_line(rt._helper.pid)[1:3] == [b"-m", b"vortex.helper"]
         for word in ("first", "second"):  # the second from the spare
             spec = ContainerSpec(rootfs=rootfs, command=["echo", word], stdout=Stdio.CAPTURE)
@@ -191,6 +191,91 @@ def test_a_fresh_helper_is_a_new_interpreter(rootfs: Path) -> None:
     single-threaded process, as this fresh one), and containers (the spare
     included) start from it as from a forked one."""
     assert run_python(FRESH_HELPER, str(rootfs)).stdout == "first\nsecond\n"
+
+
+RENEWED_HELPER = """
+import sys, time, anyio
+from tests.conftest import child_processes, command_line, zombie_children
+from vortex import ContainerSpec, Runtime, Stdio, _linux as L
+from vortex.runtime import RENEW_HELPER_AFTER
+
+async def main(rootfs, fresh_helper):
+    assert L.is_single_threaded()
+    results = []
+
+    async def run(word):
+        spec = ContainerSpec(rootfs=rootfs, command=["echo", word], stdout=Stdio.CAPTURE)
+        results.append((await rt.run(spec)).stdout)
+
+    async with Runtime(fresh_helper=fresh_helper) as rt:
+        forked = rt._helper.pid
+        assert not rt._helper.execed
+        for n in range(RENEW_HELPER_AFTER - 1):
+            await run(str(n))
+        assert not rt._helper.execed and rt._helper.pid == forked
+        # Containers keep starting, two at a time, while the new helper comes up
+        # (without one, for ten rounds).
+        deadline = time.monotonic() + 10
+        pairs = 0
+        while not rt._helper.execed and time.monotonic() < deadline:
+            if fresh_helper is False and pairs == 10:
+                break
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, "a")
+                tg.start_soon(run, "b")
+            pairs += 1
+        for word in ("after", "renewal"):  # the second from a spare of the new helper
+            await run(word)
+        assert all(out.strip() for out in results)
+        print(2 * pairs, rt._helper.execed)
+        if rt._helper.execed:
+            assert command_line(rt._helper.pid)[1:3] == [b"-m", b"vortex.helper"]
+            assert forked not in child_processes()  # exited and reaped
+        print(sorted(name for name, _ in child_processes().values()))
+    assert child_processes() == {} and zombie_children() == []
+
+anyio.run(main, sys.argv[1], {"default": None, "fork": False}[sys.argv[2]])
+"""
+
+
+def test_a_runtime_renews_its_forked_helper_once_it_lives_on(rootfs: Path) -> None:
+    """The default: a forked helper at first, a fresh interpreter once the Runtime
+    has started RENEW_HELPER_AFTER containers; those started meanwhile, and after,
+    run, and the forked one is gone."""
+    during, renewed = (
+        run_python(RENEWED_HELPER, str(rootfs), "default").stdout.split("\n")[0].split()
+    )
+    assert renewed == "True"
+    assert int(during) >= 2  # the pair that made it RENEW_HELPER_AFTER at least
+
+
+def test_fresh_helper_false_keeps_the_fork(rootfs: Path) -> None:
+    output = run_python(RENEWED_HELPER, str(rootfs), "fork").stdout.splitlines()
+    assert output[0].split()[1] == "False"
+    assert output[1] == "['vortex-helper', 'vortex-spare']"
+
+
+CLOSED_WHILE_RENEWING = """
+import sys, anyio
+from tests.conftest import child_processes, zombie_children
+from vortex import ContainerSpec, Runtime
+from vortex.runtime import RENEW_HELPER_AFTER
+
+async def main(rootfs):
+    async with Runtime() as rt:
+        for _ in range(RENEW_HELPER_AFTER):
+            await rt.run(ContainerSpec(rootfs=rootfs, command=["true"]))
+        assert rt._renewal is not None  # the new interpreter is starting (~40 ms)
+    assert not rt._helper.execed
+    assert child_processes() == {} and zombie_children() == []
+    print("clean")
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_a_runtime_closed_while_renewing_its_helper_leaves_no_process(rootfs: Path) -> None:
+    assert run_python(CLOSED_WHILE_RENEWING, str(rootfs)).stdout == "clean\n"
 
 
 async def test_200_containers_back_to_back_leave_nothing(rootfs: Path) -> None:

@@ -58,6 +58,12 @@ from vortex.state import DEFAULT_STATE_DIR, StateDir
 if TYPE_CHECKING:
     from vortex.cgroups.oom import OomWatch
 
+RENEW_HELPER_AFTER = 32
+"""Starts after which a Runtime replaces its forked helper by a fresh interpreter
+(``fresh_helper=None``).  The renewal costs ~40 ms of CPU once, on another core, and
+saves ~0.3 ms of CPU per container after it: a Runtime that started 32 will most
+likely start many more; one that starts a few never pays."""
+
 
 class Runtime:
     """Runs containers.  Use as ``async with Runtime() as rt: await rt.run(spec)``.
@@ -76,11 +82,15 @@ class Runtime:
         for a start after a pause, for 10-20 MiB more held by the waiting spare.
         ``vortex daemon`` turns it on; back-to-back starts never use it, nor does
         a spare in a cgroup of its own (cgroup v2: see vortex/spare.py).
-    :param fresh_helper: start the fork helper as a fresh interpreter (``python -m
-        vortex.helper``) instead of a fork of this process: the Runtime starts ~40 ms
-        later, then every clone and exit is cheaper (~6% more containers/s back to
-        back) and a prefaulting spare copies half as much.  For long-lived Runtimes;
-        ``vortex daemon`` turns it on.
+    :param fresh_helper: whether the fork helper is a fresh interpreter (``python -m
+        vortex.helper``) or a fork of this process.  A fresh one makes every clone
+        and exit cheaper (~5% more containers/s back to back here, more in a larger
+        program) and a prefaulting spare copy half as much, but takes ~40 ms to
+        start.  ``None`` (the default): a fork first, so that the Runtime is ready
+        at once, replaced by a fresh interpreter started in the background once
+        the Runtime has started :data:`RENEW_HELPER_AFTER` containers (a Runtime
+        that lives on).  ``True``: fresh from the start (``vortex daemon``).
+        ``False``: the fork for good.
     """
 
     def __init__(
@@ -94,7 +104,7 @@ class Runtime:
         state_dir: str = DEFAULT_STATE_DIR,
         spare_init: bool = True,
         spare_prefault: bool = False,
-        fresh_helper: bool = False,
+        fresh_helper: bool | None = None,
     ) -> None:
         self._extra_plugins = list(plugins)
         self._disabled = list(disabled_plugins)
@@ -125,13 +135,16 @@ class Runtime:
         """Whether the next spare brings ``lo`` up: the last plan did (the net plugin's
         does; a spare that guessed wrong is turned away, see SpareInit.fits)."""
         self._closing = False
+        self._starts = 0
+        self._renewal: anyio.CancelScope | None = None
+        """Cancels the helper's renewal in progress (see fresh_helper)."""
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Runtime:
         open_standard_fds()  # before the helper's socket could take a closed one's number
         # The helper first: after this point plugins and anyio may start threads.
-        self._helper = ForkHelper.start(fresh=self._fresh_helper)
+        self._helper = ForkHelper.start(fresh=self._fresh_helper is True)
         try:
             self.plugin_manager = load_plugins(
                 self._disabled, extra=self._extra_plugins, entry_points=self._entry_points
@@ -154,6 +167,8 @@ class Runtime:
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._task_group is not None and self._helper is not None
         self._closing = True
+        if self._renewal is not None:
+            self._renewal.cancel()  # its new helper would only be closed again
         # Containers do not outlive their Runtime.
         for container in list(self._containers.values()):
             container.kill_all()
@@ -226,6 +241,10 @@ class Runtime:
             warmup.start()  # the attach below may wait for the kernel (cgroups/warmup.py)
         launch = Launch(container, self._helper, spare)
         self._containers[container.id] = container
+        self._starts += 1
+        renew = self._fresh_helper is None and not self._helper.execed
+        if renew and self._starts == RENEW_HELPER_AFTER:
+            self._task_group.start_soon(self._renew_helper)
         try:
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
             plan_ops = plan_setup(self._host, container)
@@ -291,6 +310,17 @@ class Runtime:
         """
         idle = time.monotonic() - self._idle_since
         return not self._containers and idle > self._spare_clone_seconds
+
+    async def _renew_helper(self) -> None:
+        """Replace the forked helper by a fresh interpreter (see ``fresh_helper``);
+        containers keep starting meanwhile.  A failure leaves the fork serving."""
+        assert self._helper is not None
+        with anyio.CancelScope() as self._renewal:
+            try:
+                await self._helper.renew()
+            except (VortexError, OSError) as exc:
+                log.emit("warning", "helper.renewal_failed", error=str(exc))
+        self._renewal = None
 
     def _clone_spare_soon(self) -> None:
         """Start cloning the next spare init unless there is one (or one on the way)."""

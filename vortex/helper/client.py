@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -16,20 +17,35 @@ from vortex import _linux as L
 from vortex.cgroups import warmup
 from vortex.errors import HelperError
 from vortex.helper.plan import SpareRequest, SpawnRequest
-from vortex.helper.server import MAX_INLINE_REQUEST, MAX_REQUEST, SPILLED_REQUEST, serve
+from vortex.helper.server import (
+    MAX_INLINE_REQUEST,
+    MAX_REQUEST,
+    READY,
+    SPILLED_REQUEST,
+    serve,
+)
 
 
 class ForkHelper:
-    """A running fork helper process and the socket to it."""
+    """The Runtime's fork helper: one process at a time, and the socket to it.
 
-    def __init__(
-        self, sock: socket.socket, pid: int, popen: subprocess.Popen[bytes] | None
-    ) -> None:
-        self._sock = sock
-        self.pid = pid
-        self._popen = popen
+    :meth:`renew` replaces a forked helper by a fresh interpreter without
+    stopping the requests: they go to the old process until the new one is ready.
+    """
+
+    def __init__(self, process: _HelperProcess) -> None:
+        self._process = process
         self._lock = anyio.Lock()
         self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def execed(self) -> bool:
+        """The helper is a fresh interpreter (``python -m vortex.helper``), not a fork."""
+        return self._process.popen is not None
 
     @classmethod
     def start(cls, *, fresh: bool = False) -> ForkHelper:
@@ -40,27 +56,19 @@ class ForkHelper:
         ``fresh`` execs it in any case: ~40 ms longer to start, but a fresh interpreter
         holds half the anonymous memory of a fork of a Runtime's process (8 against
         16 MiB), so each clone copies half the page tables and each exit unmaps half:
-        ~6% more containers/s back to back (docs/performance.md, eighth session)."""
-        warmup.stop()  # its thread ends first: then we may fork instead of exec
-        ours, theirs = socket.socketpair(
-            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
-        )
-        if not fresh and L.is_single_threaded():
-            pid = os.fork()
-            if pid == 0:
-                ours.close()
-                serve(theirs)  # never returns
-            theirs.close()
-            return cls(ours, pid, None)
-        try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "vortex.helper", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        return cls(ours, popen.pid, popen)
+        ~5% more containers/s back to back (docs/performance.md, eighth and tenth
+        sessions).  A larger program around the Runtime widens the gap."""
+        if not fresh:
+            warmup.stop()  # its thread ends first: then we may fork instead of exec
+            if L.is_single_threaded():
+                ours, theirs = _socketpair()
+                pid = os.fork()
+                if pid == 0:
+                    ours.close()
+                    serve(theirs)  # never returns
+                theirs.close()
+                return cls(_HelperProcess(ours, pid, None))
+        return cls(_HelperProcess.execute())
 
     async def spawn(self, request: SpawnRequest | SpareRequest, fds: list[int]) -> tuple[int, int]:
         """Ask for one clone; returns ``(pid, pidfd)``.  The fds are only lent."""
@@ -68,25 +76,99 @@ class ForkHelper:
             async with self._lock:
                 if self._closed:
                     raise HelperError("the fork helper is closed")
-                self._send(payload, fds)
-                await anyio.wait_readable(self._sock)
-                return self._receive()
+                process = self._process
+                if not process.announced:
+                    await anyio.wait_readable(process.sock)
+                    process.receive_announcement()
+                process.send(payload, fds)
+                await anyio.wait_readable(process.sock)
+                return process.receive()
 
     def spawn_blocking(self, request: SpawnRequest, fds: list[int]) -> tuple[int, int]:
         """:meth:`spawn` for a caller without an event loop (one request at a time)."""
         with encoded(request, fds) as (payload, fds):
-            self._send(payload, fds)
-            return self._receive()
+            process = self._process
+            if not process.announced:
+                process.receive_announcement()
+            process.send(payload, fds)
+            return process.receive()
 
-    def _send(self, payload: bytes, fds: list[int]) -> None:
+    async def renew(self) -> None:
+        """Replace the helper by a fresh interpreter, started now and used once it is
+        ready (~40 ms of CPU, in the background); the old process then exits.
+
+        Why: a forked helper is a copy of the Runtime's whole process, and so is every
+        init it clones until its ``execve``.  On failure or cancellation the new
+        process is ended and the old one keeps serving."""
+        fresh = _HelperProcess.execute()
         try:
-            socket.send_fds(self._sock, [payload], fds)
+            await anyio.wait_readable(fresh.sock)
+            fresh.receive_announcement()
+            async with self._lock:
+                if self._closed:
+                    raise HelperError("the fork helper is closed")
+                old, self._process = self._process, fresh
+        except BaseException:
+            fresh.end(kill=True)
+            raise
+        with anyio.CancelScope(shield=True):  # it exits at once: never leave it unreaped
+            await old.end_async()
+
+    def close(self) -> None:
+        """Close the socket (the helper exits on EOF) and reap the helper."""
+        if self._closed:
+            return
+        self._closed = True
+        self._process.end()
+
+
+class _HelperProcess:
+    """One helper process: its pid, the socket to it and, when exec'd, its Popen."""
+
+    def __init__(
+        self, sock: socket.socket, pid: int, popen: subprocess.Popen[bytes] | None
+    ) -> None:
+        self.sock = sock
+        self.pid = pid
+        self.popen = popen
+        self.announced = popen is None
+        """A forked helper serves at once; an exec'd one first sends READY."""
+
+    @classmethod
+    def execute(cls) -> _HelperProcess:
+        """Start ``python -m vortex.helper``; it serves once it has announced itself."""
+        ours, theirs = _socketpair()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "vortex.helper", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(ours, popen.pid, popen)
+
+    def receive_announcement(self) -> None:
+        try:
+            message = self.sock.recv(len(READY))
+        except OSError as exc:
+            raise HelperError(f"fork helper unreachable: {exc}") from exc
+        if message != READY:
+            raise HelperError("the fork helper exited before it was ready; see its output above")
+        self.announced = True
+
+    def send(self, payload: bytes, fds: list[int]) -> None:
+        try:
+            socket.send_fds(self.sock, [payload], fds)
         except OSError as exc:
             raise HelperError(f"fork helper unreachable: {exc}") from exc
 
-    def _receive(self) -> tuple[int, int]:
+    def receive(self) -> tuple[int, int]:
         try:
-            message, received, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+            message, received, _flags, _addr = socket.recv_fds(self.sock, 4096, 1)
         except OSError as exc:
             raise HelperError(f"fork helper unreachable: {exc}") from exc
         if not message:
@@ -100,19 +182,38 @@ class ForkHelper:
             raise HelperError("the fork helper answered without a pidfd")
         return int(reply[1]), received[0]
 
-    def close(self) -> None:
-        """Close the socket (the helper exits on EOF) and reap the helper."""
-        if self._closed:
-            return
-        self._closed = True
-        self._sock.close()
+    def end(self, *, kill: bool = False) -> None:
+        """Close the socket (the helper exits on EOF; ``kill`` does not wait for an
+        exec'd one to get that far) and reap the process."""
+        self.sock.close()
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         try:
-            if self._popen is not None:
-                self._popen.wait(timeout=5)
+            if self.popen is not None:
+                self.popen.wait(timeout=5)
             else:
                 os.waitpid(self.pid, 0)
         except (ChildProcessError, subprocess.TimeoutExpired):
             pass
+
+    async def end_async(self) -> None:
+        """:meth:`end`, without blocking the event loop while the process exits."""
+        self.sock.close()
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = None
+        if pidfd is not None:
+            try:
+                await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        self.end()
+
+
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
 
 @contextlib.contextmanager

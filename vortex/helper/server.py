@@ -44,11 +44,20 @@ SPILLED_REQUEST = b"memfd"
 MAX_FDS = 16
 
 
-def serve(sock: socket.socket) -> None:
-    """Answer spawn requests until the Runtime closes its end.  Never returns."""
+READY = b"ready"
+"""What an exec'd helper sends first, once it can serve: a Runtime that replaces its
+forked helper by a fresh one in the background (``ForkHelper.renew``) waits for it."""
+
+
+def serve(sock: socket.socket, *, announce: bool = False) -> None:
+    """Answer spawn requests until the Runtime closes its end.  Never returns.
+
+    :param announce: first send :data:`READY` (an exec'd helper does)."""
     status = 0
     try:
         _prepare_process()
+        if announce:
+            sock.send(READY)
         while (received := receive_request(sock)) is not None:
             _handle(sock, *received)
     except BaseException:
@@ -175,5 +184,6 @@ def _close(fds: list[int]) -> None:
 
 
 def main() -> None:
-    """``python -m vortex.helper FD``: the exec'd variant, for threaded callers."""
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    """``python -m vortex.helper FD``: the exec'd variant (a threaded caller, a fresh
+    interpreter): it announces when it is ready."""
+    serve(socket.socket(fileno=int(sys.argv[1])), announce=True)
