@@ -6,7 +6,8 @@ lock held by a thread that does not exist there.  The helper is forked (or
 exec'd) before any of that, never starts a thread and never imports plugins,
 so every container init starts from a clean, single-threaded image.
 
-Protocol (one SOCK_SEQPACKET socket to the Runtime): each request is a pickled
+Protocol (one SOCK_SEQPACKET socket to the Runtime): an exec'd helper first
+sends :data:`READY` (a forked one is ready at once); each request is a pickled
 :class:`~vortex.helper.plan.SpawnRequest` with its fds as SCM_RIGHTS; the
 reply is ``("ok", pid)`` with the pidfd attached, or ``("error", errno, text)``.
 The child is cloned with CLONE_PARENT, so it is the *Runtime's* child and the
