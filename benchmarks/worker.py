@@ -10,9 +10,10 @@ Requests (each opens its own ``Runtime``, so start-up costs are outside the
 measurement):
 
 * ``{"op": "throughput", "n": N, "concurrency": C, "warmup": W, "privileged":
-  P}``: run N containers of ``/bin/true``, C at a time, after W unmeasured ones
-  (with P, as ``--privileged``); returns per-container wall times, the batch's
-  wall time and its CPU time;
+  P, "fresh_helper": F}``: run N containers of ``/bin/true``, C at a time, after
+  W unmeasured ones (with P, as ``--privileged``; with F, in a
+  ``Runtime(fresh_helper=True)``); returns per-container wall times, the
+  batch's wall time and its CPU time;
 * ``{"op": "exit_latency", "live": L, "samples": S, "stamps": PATH}``: start L
   idle containers, then S measured ones one at a time; each measured container
   runs ``/exitstamp``, which writes its CLOCK_MONOTONIC time and exits when it
@@ -63,7 +64,12 @@ class ExitClock:
 
 
 async def throughput(
-    rootfs: str, n: int, concurrency: int, warmup: int, privileged: bool = False
+    rootfs: str,
+    n: int,
+    concurrency: int,
+    warmup: int,
+    privileged: bool = False,
+    fresh_helper: bool = False,
 ) -> dict[str, Any]:
     # privileged: docker's --privileged, no seccomp filter, no capability drop, no
     # masked paths: what is left of the gap to the C program without the security work.
@@ -81,7 +87,9 @@ async def throughput(
         if result.exit_code != 0:
             failures += 1
 
-    async with vortex.Runtime() as runtime:
+    # fresh_helper: what a default Runtime's helper is after its first
+    # vortex.runtime.RENEW_HELPER_AFTER starts (see benchmarks/run.py LONG_LIVED_LIBRARY).
+    async with vortex.Runtime(fresh_helper=True if fresh_helper else None) as runtime:
         for _ in range(warmup):
             await one(runtime, False)
         remaining = n
@@ -170,6 +178,7 @@ def main() -> None:
                 request["concurrency"],
                 request["warmup"],
                 request.get("privileged", False),
+                request.get("fresh_helper", False),
             )
         elif request["op"] == "exit_latency":
             stamps = os.open(request["stamps"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import PRIVILEGED_LIBRARY, REF_CGROUP_PARENTS
+from benchmarks.run import LONG_LIVED_LIBRARY, PRIVILEGED_LIBRARY, REF_CGROUP_PARENTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,7 @@ def run_benchmarks_smoke(out: Path, timeout: float, max_exit_latency: float) -> 
     assert {"vortex library", PRIVILEGED_LIBRARY, "C reference"} <= set(data["sequential"])
     assert sum(b["n"] for b in data["sequential"]["vortex library"]) == 5
     assert sum(b["n"] for b in data["sequential"][PRIVILEGED_LIBRARY]) == 5
+    assert sum(b["n"] for b in data["sequential"][LONG_LIVED_LIBRARY]) == 5
     assert len(data["exit"]["steady"]) == 5
     assert all(0 < latency < max_exit_latency for latency in data["exit"]["steady"])
     assert "| vortex " in proc.stdout
