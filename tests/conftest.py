@@ -114,6 +114,16 @@ def command_line(pid: int) -> list[bytes]:
         return f.read().split(b"\0")[:-1]
 
 
+def is_fresh_helper(pid: int) -> bool:
+    """Whether a process is an exec'd fork helper: this tree's vortex/helper/__main__.py
+    run by a Python isolated and without site (vortex/helper/client.py)."""
+    import vortex.helper
+
+    argv = command_line(pid)
+    expected = os.path.join(os.path.dirname(vortex.helper.__file__), "__main__.py")
+    return argv[1:4] == [b"-I", b"-S", os.fsencode(expected)]
+
+
 def child_processes(parent: int | None = None) -> dict[int, tuple[str, str]]:
     """PID -> (process name, state letter) of each child of ``parent`` (default: this
     test process), zombies included."""

@@ -23,9 +23,9 @@ import pytest
 
 from tests.conftest import (
     VORTEX,
-    command_line,
     host_is_pure_cgroup2,
     imported_modules,
+    is_fresh_helper,
     run_vortex,
     vortex_cgroups,
 )
@@ -141,7 +141,7 @@ def test_the_daemons_helper_is_fresh_and_its_spare_copies_between_clients(
     assert len(spares) == 1, spares
     # Its fork helper is a fresh interpreter (Runtime(fresh_helper=True)).
     (helper,) = children_of(daemon.proc.pid, "vortex-helper")
-    assert command_line(helper)[1:3] == [b"-m", b"vortex.helper"]
+    assert is_fresh_helper(helper)
     if host_is_pure_cgroup2():
         assert_not_prefaulted(spares[0])  # it is in a cgroup (vortex/spare.py)
     else:

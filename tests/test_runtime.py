@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import vortex
 from tests.conftest import open_fds, run_python, vortex_cgroups, zombie_children
 from vortex.errors import ExecError, SpecError
+from vortex.helper.client import can_renew
 from vortex.spec import ContainerSpec, Resources, Stdio
 
 pytestmark = pytest.mark.anyio
@@ -168,7 +171,7 @@ async def test_helper_is_execed_when_threads_exist(rootfs: Path) -> None:
 
 FRESH_HELPER = """
 import sys, anyio
-from tests.conftest import command_line, zombie_children
+from tests.conftest import is_fresh_helper, zombie_children
 from vortex import ContainerSpec, Runtime, Stdio, _linux as L
 
 async def main(rootfs):
@@ -177,7 +180,7 @@ async def main(rootfs):
         assert not rt._helper.execed  # where it can, a Runtime forks its helper
     async with Runtime(fresh_helper=True) as rt:
         assert rt._helper.execed
-        assert command_line(rt._helper.pid)[1:3] == [b"-m", b"vortex.helper"]
+        assert is_fresh_helper(rt._helper.pid)
         for word in ("first", "second"):  # the second from the spare
             spec = ContainerSpec(rootfs=rootfs, command=["echo", word], stdout=Stdio.CAPTURE)
             print((await rt.run(spec)).stdout.decode(), end="")
@@ -193,9 +196,37 @@ def test_a_fresh_helper_is_a_new_interpreter(rootfs: Path) -> None:
     assert run_python(FRESH_HELPER, str(rootfs)).stdout == "first\nsecond\n"
 
 
+HELPER_FROM_A_COPY = """
+import sys
+sys.path.insert(0, sys.argv[2])  # a copy of the package, found only this way
+import anyio, vortex
+from tests.conftest import command_line
+from vortex import ContainerSpec, Runtime, Stdio
+
+async def main(rootfs):
+    assert vortex.__file__.startswith(sys.argv[2]), vortex.__file__
+    async with Runtime(fresh_helper=True) as rt:
+        print(command_line(rt._helper.pid)[3].decode())
+        spec = ContainerSpec(rootfs=rootfs, command=["echo", "served"], stdout=Stdio.CAPTURE)
+        print((await rt.run(spec)).stdout.decode(), end="")
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_an_execd_helper_runs_the_runtimes_own_vortex(rootfs: Path, tmp_path: Path) -> None:
+    """Found through sys.path, not where a plain `python -m vortex.helper` would look
+    (the installed one): the helper runs that same copy, so both ends of the
+    protocol are the same code."""
+    source = Path(vortex.__file__).parent
+    shutil.copytree(source, tmp_path / "vortex", ignore=shutil.ignore_patterns("__pycache__"))
+    script, served = run_python(HELPER_FROM_A_COPY, str(rootfs), str(tmp_path)).stdout.split()
+    assert script == str(tmp_path / "vortex" / "helper" / "__main__.py")
+    assert served == "served"
+
+
 RENEWED_HELPER = """
 import sys, time, anyio
-from tests.conftest import child_processes, command_line, zombie_children
+from tests.conftest import child_processes, is_fresh_helper, zombie_children
 from vortex import ContainerSpec, Runtime, Stdio, _linux as L
 from vortex.runtime import RENEW_HELPER_AFTER
 
@@ -229,7 +260,7 @@ async def main(rootfs, fresh_helper):
         assert all(out.strip() for out in results)
         print(2 * pairs, rt._helper.execed)
         if rt._helper.execed:
-            assert command_line(rt._helper.pid)[1:3] == [b"-m", b"vortex.helper"]
+            assert is_fresh_helper(rt._helper.pid)
             assert forked not in child_processes()  # exited and reaped
         print(sorted(name for name, _ in child_processes().values()))
     assert child_processes() == {} and zombie_children() == []
@@ -456,3 +487,14 @@ sys.exit(anyio.run(main))
 
 def test_a_closed_stdin_is_dev_null_not_our_socket(rootfs: Path) -> None:
     assert run_python(CLOSED_STDIN, str(rootfs)).stdout == "/dev/null\n"
+
+
+def test_the_helper_is_renewed_only_by_a_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that embeds Python has itself as sys.executable: exec'ing that would
+    start the program again, not a helper."""
+    assert can_renew()
+    monkeypatch.setattr(sys, "executable", "/usr/bin/uwsgi")
+    assert not can_renew()
+    monkeypatch.setattr(sys, "executable", "/opt/app/bin/python3.11")
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert not can_renew()

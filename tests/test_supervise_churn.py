@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from supervise_harness import busybox_config, supervise
 
-from tests.conftest import child_processes, command_line
+from tests.conftest import child_processes, is_fresh_helper
 from vortex.runtime import RENEW_HELPER_AFTER
 
 pytestmark = [
@@ -61,7 +61,7 @@ def _rss_kib(pid: int) -> int:
 def _wait_for_a_fresh_helper(supervisor: int) -> None:
     deadline = time.monotonic() + 10
     while not any(
-        name == "vortex-helper" and command_line(child)[1:3] == [b"-m", b"vortex.helper"]
+        name == "vortex-helper" and is_fresh_helper(child)
         for child, (name, _state) in child_processes(supervisor).items()
     ):
         assert time.monotonic() < deadline, "the supervisor's fork helper was never renewed"

@@ -36,7 +36,7 @@ from vortex import cgroups, log
 from vortex.cgroups import warmup
 from vortex.container import Container
 from vortex.errors import VortexError
-from vortex.helper.client import ForkHelper
+from vortex.helper.client import ForkHelper, can_renew
 from vortex.launch import Launch
 from vortex.lifecycle import (
     Host,
@@ -90,7 +90,8 @@ class Runtime:
         start.  ``None`` (the default): a fork first, so that the Runtime is ready
         at once, replaced by a fresh interpreter started in the background once
         the Runtime has started :data:`RENEW_HELPER_AFTER` containers (a Runtime
-        that lives on).  ``True``: fresh from the start (``vortex daemon``).
+        that lives on), where ``sys.executable`` is a Python (not in a frozen
+        program or one that embeds Python).  ``True``: fresh from the start (``vortex daemon``).
         ``False``: the fork for good.
     """
 
@@ -243,7 +244,7 @@ class Runtime:
         launch = Launch(container, self._helper, spare)
         self._containers[container.id] = container
         self._starts += 1
-        renew = self._fresh_helper is None and not self._helper.execed
+        renew = self._fresh_helper is None and not self._helper.execed and can_renew()
         if renew and self._starts == RENEW_HELPER_AFTER:
             self._task_group.start_soon(self._renew_helper)
         try:

@@ -44,13 +44,13 @@ class ForkHelper:
 
     @property
     def execed(self) -> bool:
-        """The helper is a fresh interpreter (``python -m vortex.helper``), not a fork."""
+        """The helper is a fresh interpreter (:meth:`_HelperProcess.execute`), not a fork."""
         return self._process.popen is not None
 
     @classmethod
     def start(cls, *, fresh: bool = False) -> ForkHelper:
         """Start the helper: forked when this process is still single-threaded (cheap,
-        about a millisecond), exec'd as ``python -m vortex.helper`` otherwise (safe from
+        about a millisecond), a fresh interpreter otherwise (safe from
         a threaded process, since subprocess's fork+exec runs no Python in between).
 
         ``fresh`` execs it in any case: ~40 ms longer to start, but a fresh interpreter
@@ -102,7 +102,8 @@ class ForkHelper:
         process is ended and the old one keeps serving."""
         fresh = _HelperProcess.execute()
         try:
-            await anyio.wait_readable(fresh.sock)
+            with anyio.fail_after(RENEWAL_TIMEOUT):  # TimeoutError: an OSError
+                await anyio.wait_readable(fresh.sock)
             fresh.receive_announcement()
             async with self._lock:
                 if self._closed:
@@ -136,11 +137,19 @@ class _HelperProcess:
 
     @classmethod
     def execute(cls) -> _HelperProcess:
-        """Start ``python -m vortex.helper``; it serves once it has announced itself."""
+        """Start a fresh interpreter as the helper; it serves once it has announced
+        itself.
+
+        It runs this package's ``vortex/helper/__main__.py`` as a file, isolated
+        (``-I``: no PYTHON* variables, no user site, no current directory on its
+        path) and without ``site`` (``-S``: nothing it needs is there, and its
+        ``.pth`` hooks cost time and memory): so it imports the same vortex as this
+        process, whichever way this one found it, and nothing shadows the standard
+        library."""
         ours, theirs = _socketpair()
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "vortex.helper", str(theirs.fileno())],
+                [sys.executable, "-I", "-S", _HELPER_MAIN, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -210,6 +219,21 @@ class _HelperProcess:
             finally:
                 os.close(pidfd)
         self.end()
+
+
+RENEWAL_TIMEOUT = 30.0
+"""Seconds a renewal waits for the new helper to announce itself (~0.04 s here)."""
+
+
+def can_renew() -> bool:
+    """Whether :meth:`ForkHelper.renew` may run ``sys.executable``: a Python, not an
+    application that embeds one (a frozen program, uwsgi), which would start as
+    itself."""
+    name = os.path.basename(sys.executable)
+    return name.startswith("python") and not getattr(sys, "frozen", False)
+
+
+_HELPER_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
 
 
 def _socketpair() -> tuple[socket.socket, socket.socket]:

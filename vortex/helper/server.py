@@ -185,6 +185,6 @@ def _close(fds: list[int]) -> None:
 
 
 def main() -> None:
-    """``python -m vortex.helper FD``: the exec'd variant (a threaded caller, a fresh
+    """The exec'd helper (vortex/helper/__main__.py, for a threaded caller or a fresh
     interpreter): it announces when it is ready."""
     serve(socket.socket(fileno=int(sys.argv[1])), announce=True)
