@@ -83,16 +83,16 @@ class Runtime:
         for a start after a pause, for 10-20 MiB more held by the waiting spare.
         ``vortex daemon`` turns it on; back-to-back starts never use it, nor does
         a spare in a cgroup of its own (cgroup v2: see vortex/spare.py).
-    :param fresh_helper: whether the fork helper is a fresh interpreter (``python -m
-        vortex.helper``) or a fork of this process.  A fresh one makes every clone
-        and exit cheaper (~5% more containers/s back to back here, more in a larger
-        program) and a prefaulting spare copy half as much, but takes ~40 ms to
-        start.  ``None`` (the default): a fork first, so that the Runtime is ready
-        at once, replaced by a fresh interpreter started in the background once
-        the Runtime has started :data:`RENEW_HELPER_AFTER` containers (a Runtime
-        that lives on), where ``sys.executable`` is a Python (not in a frozen
-        program or one that embeds Python).  ``True``: fresh from the start (``vortex daemon``).
-        ``False``: the fork for good.
+    :param fresh_helper: whether the fork helper is a fresh interpreter
+        (vortex/helper/__main__.py) or a fork of this process.  A fresh one makes
+        every clone and exit cheaper (~5% more containers/s back to back here, more
+        in a larger program) and a prefaulting spare copy half as much, but takes
+        ~40 ms to start.  ``None`` (the default): a fork first, so that the Runtime
+        is ready at once, replaced by a fresh interpreter started in the background
+        once the Runtime has started :data:`RENEW_HELPER_AFTER` containers (a
+        Runtime that lives on), where ``sys.executable`` is a Python (not in a
+        frozen program or one that embeds Python).  ``True``: fresh from the start
+        (``vortex daemon``).  ``False``: the fork for good.
     """
 
     def __init__(
@@ -244,8 +244,7 @@ class Runtime:
         launch = Launch(container, self._helper, spare)
         self._containers[container.id] = container
         self._starts += 1
-        renew = self._fresh_helper is None and not self._helper.execed and can_renew()
-        if renew and self._starts == RENEW_HELPER_AFTER:
+        if self._starts == RENEW_HELPER_AFTER and self._may_renew_helper():
             self._task_group.start_soon(self._renew_helper)
         try:
             await call_async(self.plugin_manager, "vortex_prepare", container=container)
@@ -312,6 +311,10 @@ class Runtime:
         """
         idle = time.monotonic() - self._idle_since
         return not self._containers and idle > self._spare_clone_seconds
+
+    def _may_renew_helper(self) -> bool:
+        assert self._helper is not None
+        return self._fresh_helper is None and not self._helper.execed and can_renew()
 
     async def _renew_helper(self) -> None:
         """Replace the forked helper by a fresh interpreter (see ``fresh_helper``);
