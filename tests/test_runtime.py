@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -228,7 +229,10 @@ RENEWED_HELPER = """
 import sys, time, anyio
 from tests.conftest import child_processes, is_fresh_helper, zombie_children
 from vortex import ContainerSpec, Runtime, Stdio, _linux as L
+from vortex.log import configure_logging
 from vortex.runtime import RENEW_HELPER_AFTER
+
+configure_logging("debug", "json")  # on stderr
 
 async def main(rootfs, fresh_helper):
     assert L.is_single_threaded()
@@ -273,16 +277,19 @@ def test_a_runtime_renews_its_forked_helper_once_it_lives_on(rootfs: Path) -> No
     """The default: a forked helper at first, a fresh interpreter once the Runtime
     has started RENEW_HELPER_AFTER containers; those started meanwhile, and after,
     run, and the forked one is gone."""
-    during, renewed = (
-        run_python(RENEWED_HELPER, str(rootfs), "default").stdout.split("\n")[0].split()
-    )
+    proc = run_python(RENEWED_HELPER, str(rootfs), "default")
+    during, renewed = proc.stdout.split("\n")[0].split()
     assert renewed == "True"
     assert int(during) >= 2  # the pair that made it RENEW_HELPER_AFTER at least
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert [e for e in events if e["event"] == "helper.renewed"]  # logged, at debug
 
 
 def test_fresh_helper_false_keeps_the_fork(rootfs: Path) -> None:
-    output = run_python(RENEWED_HELPER, str(rootfs), "fork").stdout.splitlines()
+    proc = run_python(RENEWED_HELPER, str(rootfs), "fork")
+    output = proc.stdout.splitlines()
     assert output[0].split()[1] == "False"
+    assert "helper.renewed" not in proc.stderr
     assert output[1] == "['vortex-helper', 'vortex-spare']"
 
 

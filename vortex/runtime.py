@@ -320,11 +320,14 @@ class Runtime:
         """Replace the forked helper by a fresh interpreter (see ``fresh_helper``);
         containers keep starting meanwhile.  A failure leaves the fork serving."""
         assert self._helper is not None
+        forked = self._helper.pid
         with anyio.CancelScope() as self._renewal:
             try:
                 await self._helper.renew()
             except (VortexError, OSError) as exc:
                 log.emit("warning", "helper.renewal_failed", error=str(exc))
+            else:
+                log.emit("debug", "helper.renewed", forked=forked, fresh=self._helper.pid)
         self._renewal = None
 
     def _clone_spare_soon(self) -> None:
