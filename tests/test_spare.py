@@ -20,6 +20,7 @@ import pytest
 
 import vortex
 from tests.conftest import child_processes, host_is_pure_cgroup2, reachable_copy, run_python
+from vortex import _linux as L
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
 from vortex.ops import LoopbackUp, SetupOp
@@ -348,6 +349,7 @@ def children_of(parent: int, name: str | None = None) -> list[int]:
 
 IFF_UP = 0x1
 SIOCGIFFLAGS = 0x8913
+_libc = ctypes.CDLL(None, use_errno=True)  # setns, which vortex itself never calls
 
 
 def loopback_is_up(pid: int) -> bool:
@@ -360,7 +362,7 @@ def loopback_is_up(pid: int) -> bool:
         try:
             fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                if _libc.setns(fd, L.CLONE_NEWNET) != 0:
                     raise OSError(ctypes.get_errno(), "setns")
             finally:
                 os.close(fd)
@@ -379,14 +381,12 @@ def loopback_is_up(pid: int) -> bool:
     return answers[0]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
 async def wait_for_loopback(pid: int, up: bool = True) -> None:
     deadline = time.monotonic() + 10
     while loopback_is_up(pid) is not up:
-        assert time.monotonic() < deadline, f"lo of process {pid} never went {up and 'up'}"
+        assert time.monotonic() < deadline, (
+            f"lo of process {pid} never went {'up' if up else 'down'}"
+        )
         await anyio.sleep(0.01)
 
 
