@@ -78,21 +78,21 @@ class Runtime:
         systemd unit with ``Delegate=yes`` the unit's own cgroup (docs/cgroups.md).
     :param spare_init: keep the next container's init cloned ahead (vortex/spare.py):
         ~1.5 ms less per start, for one waiting process per Runtime.
-    :param spare_prefault: have a spare cloned while no container runs take its
-        copy-on-write faults while it waits (vortex/helper/prefault.py): ~0.6 ms less
-        for a start after a pause, for 10-20 MiB more held by the waiting spare.
-        ``vortex daemon`` turns it on; back-to-back starts never use it, nor does
-        a spare in a cgroup of its own (cgroup v2: see vortex/spare.py).
+    :param spare_prefault: have a spare cloned while no container runs take the
+        copy-on-write faults its init will take while it waits
+        (vortex/helper/prefault.py): ~0.5 ms less for a start after a pause, for
+        ~2 MiB held by the waiting spare, most of which its init would copy
+        anyway.  Back-to-back starts never use it.
     :param fresh_helper: whether the fork helper is a fresh interpreter
         (vortex/helper/__main__.py) or a fork of this process.  A fresh one makes
         every clone and exit cheaper (~5% more containers/s back to back here, more
-        in a larger program) and a prefaulting spare copy half as much, but takes
-        ~40 ms to start.  ``None`` (the default): a fork first, so that the Runtime
-        is ready at once, replaced by a fresh interpreter started in the background
-        once the Runtime has started :data:`RENEW_HELPER_AFTER` containers (a
-        Runtime that lives on), where ``sys.executable`` is a Python (not in a
-        frozen program or one that embeds Python).  ``True``: fresh from the start
-        (``vortex daemon``).  ``False``: the fork for good.
+        in a larger program), but takes ~40 ms to start.  ``None`` (the default): a
+        fork first, so that the Runtime is ready at once, replaced by a fresh
+        interpreter started in the background once the Runtime has started
+        :data:`RENEW_HELPER_AFTER` containers (a Runtime that lives on), where
+        ``sys.executable`` is a Python (not in a frozen program or one that embeds
+        Python).  ``True``: fresh from the start (``vortex daemon``).  ``False``: the
+        fork for good.
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class Runtime:
         cgroup_parent: str = "auto",
         state_dir: str = DEFAULT_STATE_DIR,
         spare_init: bool = True,
-        spare_prefault: bool = False,
+        spare_prefault: bool = True,
         fresh_helper: bool | None = None,
     ) -> None:
         self._extra_plugins = list(plugins)

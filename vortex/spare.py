@@ -28,9 +28,9 @@ freshly cloned one.
 
 The cost: one waiting process (a copy-on-write fork of the helper) and its
 namespaces per Runtime, and one clone thrown away when the Runtime closes.
-``Runtime(spare_init=False)`` turns it off.  ``Runtime(spare_prefault=True)``
-has an idle spare copy that memory ahead (vortex/helper/prefault.py says when,
-and why not on cgroup v2).
+``Runtime(spare_init=False)`` turns it off.  A spare cloned while no
+container runs also takes ahead the copy-on-write faults its init will take
+(vortex/helper/prefault.py; ``Runtime(spare_prefault=False)`` turns that off).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class SpareInit:
     ) -> SpareInit:
         """Have the helper clone a spare; on cgroup v2 first record an id and create
         its cgroup, to clone the spare into.  On failure nothing is left behind.
-        With ``prefault`` it copies its memory while it waits (helper/prefault.py),
-        unless it is cloned into a cgroup (v2); with ``premount`` it creates its
+        With ``prefault`` it copies the pages its init will write while it waits
+        (helper/prefault.py); with ``premount`` it creates its
         container's kernel filesystems (helper/kernelfs.py); with ``loopback`` it
         brings ``lo`` up, and only a container whose plan does so will fit."""
         container_id = None
@@ -129,9 +129,6 @@ class SpareInit:
             cgroup_fd = cgroup.clone_fd() if cgroup is not None else None
             fds = [theirs.fileno()] + ([cgroup_fd] if cgroup_fd is not None else [])
             try:
-                # Not into a cgroup: its copies would be charged to the container's
-                # cgroup, inflating its memory.peak (and counting against its limit).
-                prefault = prefault and cgroup_fd is None
                 request = SpareRequest(
                     NAMESPACE_FLAGS,
                     has_cgroup_fd=cgroup_fd is not None,

@@ -47,10 +47,11 @@ async def _serve(path: str) -> int:
     else:
         path = str(listener.getsockname()) or path
     try:
-        # A daemon mostly waits between clients: its spare takes its copy-on-write
-        # faults in that time instead of in the next client's start (0.6-1.4 ms).
-        # It lives long: a fresh helper's ~40 ms at start buy ~0.7 ms per served run.
-        async with Runtime(spare_prefault=True, fresh_helper=True) as runtime:
+        # A daemon mostly waits between clients, so its spares take their copy-on-write
+        # faults in that time (Runtime's default spare_prefault), not in the next
+        # client's start.  It lives long: a fresh helper's ~40 ms at start buy ~0.7 ms
+        # per served run.
+        async with Runtime(fresh_helper=True) as runtime:
             daemon = RunDaemon(runtime, listener)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with anyio.create_task_group() as tg:

@@ -84,16 +84,19 @@ def run_init(
     prepared: bool = False,
     premounts: kernelfs.Premounts | None = None,
     loopback_up: bool = False,
+    last_as_root: Callable[[], None] | None = None,
 ) -> None:
     """Entry point in the cloned child.  Never returns.
 
     A spare init passes ``prepared`` (it ran :func:`prepare_process` while it
     waited), the kernel filesystems it premounted, if it did, and
     ``loopback_up`` when it brought ``lo`` up (then the plan's LoopbackUp has
-    nothing left to do)."""
+    nothing left to do).  ``last_as_root`` runs just before the init takes the
+    container's user and capabilities (a spare that learns which pages its init
+    wrote passes it: vortex/helper/prefault.py); its OSError is ignored."""
     error_fd = fds["errors"]
     try:
-        _run(plan, fds, prepared, premounts, loopback_up)
+        _run(plan, fds, prepared, premounts, loopback_up, last_as_root)
     except InitFailure as failure:
         kind = "exec" if failure.exit_status in (EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE) else "setup"
         _report(error_fd, encode_failure(kind, failure.exit_status, str(failure)))
@@ -134,6 +137,7 @@ def _run(
     prepared: bool,
     premounts: kernelfs.Premounts | None,
     loopback_up: bool,
+    last_as_root: Callable[[], None] | None,
 ) -> None:
     if not prepared:
         prepare_process()
@@ -181,6 +185,9 @@ def _run(
     _step(lambda: L.sethostname(plan.hostname), f"sethostname {plan.hostname}")
 
     _setup_stdio(plan, fds)
+    if last_as_root is not None:
+        with contextlib.suppress(OSError):
+            last_as_root()
     security.confine(plan.uid, plan.gid, sec, _step)
     try:
         os.chdir(plan.workdir)

@@ -52,7 +52,8 @@ class SpareRequest:
     clone_flags: int
     has_cgroup_fd: bool
     prefault: bool = False
-    """Take the copy-on-write faults while waiting (vortex/helper/prefault.py)."""
+    """Write ahead, while waiting, the pages its init will write: the helper's first
+    inits listed them (vortex/helper/prefault.py)."""
     premount: bool = False
     """Create the kernel filesystems while waiting (vortex/helper/kernelfs.py)."""
     loopback: bool = False

@@ -1,59 +1,160 @@
-"""A waiting spare init copies the memory it shares with the fork helper.
+"""A waiting spare init takes ahead the copy-on-write faults its init will take.
 
-Why: a cloned init shares every private page with the helper, copy-on-write.
-CPython writes to each object it touches (reference counts), so the init's
-Python, from its request to ``execve``, takes ~400 copy-on-write faults: taken
-ahead, a start after a pause is ~0.6 ms faster (the library), a round trip
-through ``vortex daemon`` 0.6-1.4 ms (docs/performance.md, eighth session).  A spare
-that is idle anyway can take them all ahead: ``MADV_POPULATE_WRITE`` on every
-private writable mapping makes the private copies without running any code.
+Why: a cloned init shares every private page with the fork helper,
+copy-on-write.  CPython writes to each object it touches (reference counts),
+so the init's Python, from its request to ``execve``, writes ~175 pages the
+helper still shares, at one fault each (and a copy): ~0.4 ms of a start's
+path on this project's 2-core VM (docs/performance.md, eleventh session).  A
+spare that is idle anyway can take those faults before its request comes:
+``MADV_POPULATE_WRITE`` (Linux 5.14) over the pages makes the private copies
+without running any code.
 
-The price is memory and CPU while nothing else runs: the spare then holds its
-own copy of the helper's memory (~18 MiB when the helper is a fork of the
-Runtime's process, ~10 MiB with ``Runtime(fresh_helper=True)``) and copying it
-costs up to ~8 ms of CPU.  Back to back that CPU competes with
-the containers (100 against 150 containers/s, measured), which is why the
-Runtime asks for it only for a spare cloned while no container runs
-(``Runtime(spare_prefault=True)``, which ``vortex daemon`` uses), and why the
-spare stops as soon as its request (or end of file) arrives.  Nor for a spare
-cloned into a cgroup of its own (cgroup v2): the copies would be charged to the
-cgroup its container takes over, and show in that container's memory.peak.
+Which pages: those the first inits of this helper wrote, as the kernel saw
+them.  A page an init has written is, by its ``execve``, mapped by it alone
+(copied, or left to it when the helper copied the page for itself), which
+``/proc/self/pagemap`` says (bit 56, "exclusively mapped", Linux 4.2).  So the
+first :data:`LEARNERS` spare inits of a helper list those pages, just before
+they take their container's user, in a page the helper shares with every process it clones
+(``MAP_SHARED``: it survives the clone as shared memory, unlike the rest,
+and it goes at the ``execve``, with the rest).  Before each clone the helper
+reads the lists into its own memory, so the next spare inherits them.  In
+the benchmark's containers a page written by one init was written by nearly
+every one (308 of 316 pages in 190 of 200 starts), and after the copying
+an init took 4 faults between its request and ``execve`` instead of 174.
+
+The set is a little larger than what the next init writes: it also holds the
+pages the helper itself wrote while the learner ran (already the spare's own:
+taking them copies nothing) and the spare's own first writes (made before it
+waits).  So the copying costs the spare about what its init would have
+copied anyway: ~2 MiB held while it waits, ~0.3 ms of CPU.  The Runtime asks
+for it only for a spare cloned while no container runs: beside a running
+container, back to back, the copying competes with it for the CPU and made
+starts slower (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import mmap
 import select
+import sys
 
 from vortex import _linux as L
 
-CHUNK = 32 * 4096
-"""Bytes faulted in per call: ~70 µs of copying, so a request that arrives
-meanwhile waits at most that long."""
+LEARNERS = 2
+"""How many spare inits of a helper list the pages they wrote (a union of two: an
+init's pages vary little, see above)."""
+
+SLOT_BYTES = 64 << 10
+"""Room for one learner's list: up to ~4,000 runs of pages, far more than an init
+writes (~250 runs)."""
+
+_PAGE_SHIFT = 12
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0
+"""Where in a pagemap entry (a native 64-bit number) its flags' byte is."""
+_OURS_ALONE = bytes(int(flags & 0x81 == 0x81) for flags in range(256))
+"""For the top byte of a pagemap entry: 1 where both bit 63 ("present") and bit
+56 ("exclusively mapped") are set (Documentation/admin-guide/mm/pagemap.rst)."""
+
+CHECK_EVERY = 16
+"""Runs of pages populated between two looks at the spare's socket: ~50 µs, so a
+request that arrives meanwhile waits about that long."""
 
 
-def prefault_until_readable(fd: int) -> None:
-    """Populate this process's private writable mappings, a chunk at a time, until
-    ``fd`` becomes readable (or all are done, or the kernel lacks the call)."""
+class WrittenPages:
+    """Pages a spare's init will write, learned from the first inits of a helper.
+
+    Made in the fork helper; every process it clones shares :attr:`_shared`
+    (the learners' lists) and inherits a copy of :attr:`runs`."""
+
+    def __init__(self) -> None:
+        self._shared = mmap.mmap(-1, LEARNERS * SLOT_BYTES)  # MAP_SHARED, anonymous
+        self._claimed = 0
+        self._seen = b""
+        self.runs: tuple[tuple[int, int], ...] = ()
+        """(address, length) of each run of known pages, in address order."""
+
+    def claim_learner(self) -> int | None:
+        """In the helper, before it clones a spare: the slot its init lists its pages
+        in, or None once :data:`LEARNERS` spares have been asked."""
+        if self._claimed >= LEARNERS:
+            return None
+        self._claimed += 1
+        return self._claimed - 1
+
+    def record(self, slot: int) -> None:
+        """In an init, the last thing it does as root: list the pages it has written
+        into ``slot``.  Not later: once its ids change, its pagemap is root's and
+        a container user other than root could not read it.  Raises OSError when
+        pagemap cannot be read."""
+        runs = array.array("Q")  # first page, end page, first page, ...
+        with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+            for start, end in private_writable_ranges():
+                first = start >> _PAGE_SHIFT
+                pagemap.seek(first * 8)
+                entries = pagemap.read(((end - start) >> _PAGE_SHIFT) * 8)
+                # One byte per page, 1 where it is ours alone; scanned for runs of 1s
+                # by bytes.find, so that a large helper costs no Python per page.
+                ours = entries[_TOP_BYTE::8].translate(_OURS_ALONE)
+                at = ours.find(1)
+                while at >= 0:
+                    after = ours.find(0, at)
+                    after = len(ours) if after < 0 else after
+                    runs.extend((first + at, first + after))
+                    at = ours.find(1, after)
+        listed = runs.tobytes()[: (SLOT_BYTES - 8) // 16 * 16]  # whole runs only
+        base = slot * SLOT_BYTES
+        self._shared[base + 8 : base + 8 + len(listed)] = listed
+        # The length last: the helper reads a slot only once it is set.
+        self._shared[base : base + 8] = len(listed).to_bytes(8, "little")
+
+    def refresh(self) -> None:
+        """In the helper, before it clones a spare: take in the lists recorded since
+        the last call."""
+        lengths = b"".join(
+            self._shared[slot * SLOT_BYTES : slot * SLOT_BYTES + 8] for slot in range(LEARNERS)
+        )
+        if lengths == self._seen:
+            return
+        self._seen = lengths
+        bounds = array.array("Q")
+        for slot in range(LEARNERS):
+            base = slot * SLOT_BYTES
+            length = int.from_bytes(self._shared[base : base + 8], "little")
+            bounds.frombytes(self._shared[base + 8 : base + 8 + length])
+        runs: list[tuple[int, int]] = []  # the union of the learners' runs
+        for first, end in sorted(zip(bounds[::2], bounds[1::2], strict=True)):
+            if runs and first <= runs[-1][1]:
+                runs[-1] = (runs[-1][0], max(end, runs[-1][1]))
+            else:
+                runs.append((first, end))
+        self.runs = tuple(
+            (first << _PAGE_SHIFT, (end - first) << _PAGE_SHIFT) for first, end in runs
+        )
+
+
+def populate_until_readable(runs: tuple[tuple[int, int], ...], fd: int) -> None:
+    """Write-fault ``runs`` ((address, length) pairs) in, until ``fd`` becomes
+    readable (or all are done, or the kernel lacks the call)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    for start, end in private_writable_ranges():
-        for chunk in range(start, end, CHUNK):
-            if poller.poll(0):
-                return
-            try:
-                L.populate_write(chunk, min(CHUNK, end - chunk))
-            except OSError as exc:
-                if exc.errno == errno.EINVAL:
-                    return  # before Linux 5.14: the faults stay where they were
-                break  # unmapped meanwhile (ENOMEM) or not populatable: next mapping
+    for index, (address, length) in enumerate(runs):
+        if index % CHECK_EVERY == 0 and poller.poll(0):
+            return
+        try:
+            L.populate_write(address, length)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return  # before Linux 5.14: the faults stay where they were
+            # ENOMEM: no longer mapped (the helper freed it before this clone)
 
 
 def private_writable_ranges() -> list[tuple[int, int]]:
     """(start, end) of each private writable mapping of this process: anonymous
     memory, ``[heap]`` and the data segments of the interpreter and its libraries.
-    Not ``[stack]``: the spare's own code has touched it already."""
+    Not ``[stack]``: a spare's own code writes it before it waits."""
     ranges = []
     with contextlib.suppress(OSError), open("/proc/self/maps", "rb") as maps:
         for line in maps:

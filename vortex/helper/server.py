@@ -32,7 +32,7 @@ from vortex import _linux as L
 from vortex.helper import kernelfs
 from vortex.helper.init import InitFailure, bring_loopback_up, prepare_process, run_init
 from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
-from vortex.helper.prefault import prefault_until_readable
+from vortex.helper.prefault import WrittenPages, populate_until_readable
 
 MAX_REQUEST = 4 << 20
 """Upper bound of a pickled request: the kernel refuses an argv + environment above
@@ -57,10 +57,11 @@ def serve(sock: socket.socket, *, announce: bool = False) -> None:
     status = 0
     try:
         _prepare_process()
+        written_pages = WrittenPages()  # this helper's own: its spares' memory is its own
         if announce:
             sock.send(READY)
         while (received := receive_request(sock)) is not None:
-            _handle(sock, *received)
+            _handle(sock, *received, written_pages)
     except BaseException:
         status = 1
     finally:
@@ -103,9 +104,17 @@ def named_fds(request: SpawnRequest, fds: list[int]) -> tuple[dict[str, int], in
     return named, extra.pop(0) if request.has_cgroup_fd else None
 
 
-def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list[int]) -> None:
+def _handle(
+    sock: socket.socket,
+    request: SpawnRequest | SpareRequest,
+    fds: list[int],
+    written_pages: WrittenPages,
+) -> None:
+    learner = None
     if isinstance(request, SpareRequest):
         named, cgroup_fd = {"spare": fds[0]}, fds[1] if request.has_cgroup_fd else None
+        written_pages.refresh()  # the spare inherits what the learners have listed
+        learner = written_pages.claim_learner()
     else:
         named, cgroup_fd = named_fds(request, fds)
     try:
@@ -119,7 +128,7 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
         sock.close()
         if isinstance(request, SpareRequest):
             # never returns
-            _wait_as_spare(named["spare"], request)
+            _wait_as_spare(named["spare"], request, written_pages, learner)
         else:
             run_init(request.plan, named)  # never returns
     try:
@@ -129,7 +138,9 @@ def _handle(sock: socket.socket, request: SpawnRequest | SpareRequest, fds: list
         _close(fds)
 
 
-def _wait_as_spare(fd: int, asked: SpareRequest) -> None:
+def _wait_as_spare(
+    fd: int, asked: SpareRequest, written_pages: WrittenPages, learner: int | None
+) -> None:
     """In a spare init: wait for the request of the container that takes us, then be
     its init.  Never returns: EOF (the Runtime discarded us) exits.
 
@@ -137,7 +148,9 @@ def _wait_as_spare(fd: int, asked: SpareRequest) -> None:
     first steps (signals, session), with ``premount`` the kernel filesystems,
     detached (helper/kernelfs.py), and with ``loopback`` ``lo`` up (the
     Runtime asks for that only when its container's plan will).  With
-    ``prefault`` it then takes the copy-on-write faults (helper/prefault.py)."""
+    ``prefault`` it then takes the copy-on-write faults its init will take, as
+    far as the helper knows them; as a ``learner`` its init lists them
+    (helper/prefault.py)."""
     status = 1
     try:
         # First the parent-death signal: the Runtime's death must not leave us waiting.
@@ -154,7 +167,7 @@ def _wait_as_spare(fd: int, asked: SpareRequest) -> None:
                 bring_loopback_up()
                 loopback_up = True
         if asked.prefault:
-            prefault_until_readable(fd)
+            populate_until_readable(written_pages.runs, fd)
         with socket.socket(fileno=fd) as spare:
             received = receive_request(spare)
         if received is not None:
@@ -163,7 +176,12 @@ def _wait_as_spare(fd: int, asked: SpareRequest) -> None:
             named, _no_cgroup_fd = named_fds(request, fds)
             # never returns
             run_init(
-                request.plan, named, prepared=True, premounts=premounts, loopback_up=loopback_up
+                request.plan,
+                named,
+                prepared=True,
+                premounts=premounts,
+                loopback_up=loopback_up,
+                last_as_root=None if learner is None else lambda: written_pages.record(learner),
             )
         status = 0
     finally:
