@@ -290,6 +290,30 @@ def test_the_pages_a_clone_wrote_are_written_ahead_in_the_next(pending: str) -> 
         assert populated >= 5, (populated, others)
 
 
+LARGE_WRITE_IN_A_CHILD = """
+import mmap, os
+from vortex.helper.prefault import MAX_PAGES, WrittenPages
+region = mmap.mmap(-1, (MAX_PAGES + 1024) * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)
+region.write(b"x" * len(region))
+ledger = WrittenPages()
+if os.fork() == 0:
+    region.seek(0)
+    region.write(b"y" * len(region))  # more pages than are ever written ahead
+    ledger.record(0)
+    os._exit(0)
+os.wait()
+ledger.refresh()
+print(sum(length for _address, length in ledger.runs) // mmap.PAGESIZE, MAX_PAGES)
+"""
+
+
+def test_no_more_than_max_pages_are_written_ahead() -> None:
+    """An init that wrote a large file's worth of pages (a plan's WriteFile) does not
+    make every spare after it copy as much."""
+    listed, limit = map(int, run_python(LARGE_WRITE_IN_A_CHILD).stdout.split())
+    assert listed == limit
+
+
 async def test_without_spares_nothing_waits(rootfs: Path) -> None:
     async with vortex.Runtime(spare_init=False) as rt:
         assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0

@@ -47,6 +47,11 @@ LEARNERS = 2
 """How many spare inits of a helper list the pages they wrote (a union of two: an
 init's pages vary little, see above)."""
 
+MAX_PAGES = 4096
+"""At most this many pages (16 MiB) are written ahead, whatever the learners listed:
+an init writes ~500, but one whose plan carried a large file (``WriteFile``) may
+have listed that too."""
+
 SLOT_BYTES = 64 << 10
 """Room for one learner's list: up to ~4,000 runs of pages, far more than an init
 writes (~250 runs)."""
@@ -130,9 +135,14 @@ class WrittenPages:
                 runs[-1] = (runs[-1][0], max(end, runs[-1][1]))
             else:
                 runs.append((first, end))
-        self.runs = tuple(
-            (first << _PAGE_SHIFT, (end - first) << _PAGE_SHIFT) for first, end in runs
-        )
+        kept, pages = [], 0
+        for first, end in runs:
+            end = min(end, first + MAX_PAGES - pages)
+            if end <= first:
+                break
+            kept.append((first << _PAGE_SHIFT, (end - first) << _PAGE_SHIFT))
+            pages += end - first
+        self.runs = tuple(kept)
 
 
 def populate_until_readable(runs: tuple[tuple[int, int], ...], fd: int) -> None:
