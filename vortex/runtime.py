@@ -80,7 +80,7 @@ class Runtime:
         ~1.5 ms less per start, for one waiting process per Runtime.
     :param spare_prefault: have a spare cloned while no container runs take the
         copy-on-write faults its init will take while it waits
-        (vortex/helper/prefault.py): ~0.5 ms less for a start after a pause, for
+        (vortex/helper/prefault.py): ~0.6 ms less for a start after a pause, for
         ~2 MiB held by the waiting spare, most of which its init would copy
         anyway.  Back-to-back starts never use it.
     :param fresh_helper: whether the fork helper is a fresh interpreter

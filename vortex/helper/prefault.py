@@ -3,33 +3,35 @@
 Why: a cloned init shares every private page with the fork helper,
 copy-on-write.  CPython writes to each object it touches (reference counts),
 so the init's Python, from its request to ``execve``, writes ~175 pages the
-helper still shares, at one fault each (and a copy): ~0.4 ms of a start's
-path on this project's 2-core VM (docs/performance.md, eleventh session).  A
+helper still shares, at one fault each (and a copy): after a pause, ~1 ms of
+the init's 2.3 ms, ~0.6 ms of a whole start on this project's 2-core VM
+(docs/performance.md, eleventh session).  A
 spare that is idle anyway can take those faults before its request comes:
 ``MADV_POPULATE_WRITE`` (Linux 5.14) over the pages makes the private copies
 without running any code.
 
 Which pages: those the first inits of this helper wrote, as the kernel saw
-them.  A page an init has written is, by its ``execve``, mapped by it alone
-(copied, or left to it when the helper copied the page for itself), which
+them.  A page an init has written is, by then, mapped by it alone (copied, or
+left to it when the helper copied the page for itself), which
 ``/proc/self/pagemap`` says (bit 56, "exclusively mapped", Linux 4.2).  So the
 first :data:`LEARNERS` spare inits of a helper list those pages, just before
-they take their container's user, in a page the helper shares with every process it clones
-(``MAP_SHARED``: it survives the clone as shared memory, unlike the rest,
-and it goes at the ``execve``, with the rest).  Before each clone the helper
-reads the lists into its own memory, so the next spare inherits them.  In
-the benchmark's containers a page written by one init was written by nearly
-every one (308 of 316 pages in 190 of 200 starts), and after the copying
-an init took 4 faults between its request and ``execve`` instead of 174.
+they take their container's user, in memory the helper shares with every
+process it clones (``MAP_SHARED``: it survives the clone as shared memory,
+unlike the rest, and it goes at the ``execve``, with the rest).  Before each
+clone the helper reads the lists into its own memory, so the next spare
+inherits them.  In the benchmark's containers a page written by one init was
+written by nearly every one (308 of 316 pages in 190 of 200 starts), and
+after the copying an init took ~5 faults between its request and ``execve``
+instead of ~180.
 
 The set is a little larger than what the next init writes: it also holds the
 pages the helper itself wrote while the learner ran (already the spare's own:
 taking them copies nothing) and the spare's own first writes (made before it
 waits).  So the copying costs the spare about what its init would have
-copied anyway: ~2 MiB held while it waits, ~0.3 ms of CPU.  The Runtime asks
-for it only for a spare cloned while no container runs: beside a running
-container, back to back, the copying competes with it for the CPU and made
-starts slower (docs/performance.md).
+copied anyway: ~1 MiB more held while it waits, ~0.6 ms of CPU on a core
+that is idle then.  The Runtime asks for it only for a spare cloned while no
+container runs: beside a running container, back to back, the copying
+competes with it for the CPU and made starts slower (docs/performance.md).
 """
 
 from __future__ import annotations
