@@ -79,6 +79,9 @@ class Subject:
     resident_pid: int | None = None
     """A process that does part of the work and is not reaped per run (the
     daemon): its CPU time, and that of its live children, counts too."""
+    measure: Callable[[], tuple[float, float]] | None = None
+    """Instead of a command: one run measured elsewhere, (wall, CPU) seconds (the
+    library, in a process that stays)."""
 
 
 @dataclass
@@ -163,7 +166,7 @@ def build_bundle(out: Path, rootfs: Path, tool: str) -> Path:
 
 
 def subjects(
-    rootfs: Path, ref: Path, bundle: Path | None, daemon: Daemon
+    rootfs: Path, ref: Path, bundle: Path | None, daemon: Daemon, library: OneAtATime
 ) -> tuple[list[Subject], list[str]]:
     """The cold-start subjects available here, and notes on the skipped ones."""
     tag = f"vxb{os.getpid()}"
@@ -205,6 +208,13 @@ def subjects(
             "nothing from site-packages",
             env=dict(os.environ, VORTEX_DAEMON_SOCKET=str(daemon.socket), PYTHONPATH=str(REPO)),
             resident_pid=daemon.pid,
+        ),
+        Subject(
+            LIBRARY_AFTER_A_PAUSE,
+            lambda i: [],
+            "one `await runtime.run()` in a program's Runtime opened before (its own start "
+            "not counted), after the same pause as every other subject",
+            measure=library.run,
         ),
         Subject("C reference", lambda i: [str(ref), str(rootfs), "/bin/true"]),
         Subject("python -c pass", lambda i: [sys.executable, "-c", "pass"]),
@@ -285,6 +295,8 @@ def _children_cpu() -> float:
 def run_once(subject: Subject, round_: int) -> tuple[float, float]:
     """Spawn, wait; (wall seconds, CPU seconds of the process and what it reaped,
     plus the resident process's share)."""
+    if subject.measure is not None:
+        return subject.measure()
     command = subject.command(round_)
     resident = process_cpu(subject.resident_pid) if subject.resident_pid else 0.0
     cpu = _children_cpu()
@@ -398,6 +410,35 @@ class Daemon:
         self.proc.wait(timeout=30)
 
 
+class OneAtATime:
+    """A library process that keeps one Runtime open and starts one container per
+    request (``benchmarks/worker.py --one-at-a-time``)."""
+
+    def __init__(self, rootfs: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", str(rootfs), "--one-at-a-time"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self) -> tuple[float, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the library process died; see its error above")
+        reply = json.loads(line)
+        return float(reply["wall"]), float(reply["cpu"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 class Worker:
     """The warm library process (benchmarks/worker.py)."""
 
@@ -438,6 +479,9 @@ def batch(subject: Subject, n: int, concurrency: int, first: int) -> dict[str, A
     return {"wall": time.perf_counter() - started, "cpu": _children_cpu() - cpu, "n": n}
 
 
+LIBRARY_AFTER_A_PAUSE = "vortex library, after the pause"
+"""The cold-start table's library subject: what a program that keeps a Runtime
+(a judge, a CI runner) waits for one container started now and then."""
 PRIVILEGED_LIBRARY = "vortex library, --privileged"
 """The library without docker's security defaults (no seccomp, capability drop or
 masked paths): how much of the distance to the C program is that work."""
@@ -654,7 +698,12 @@ def plot(data: dict[str, Any], path: Path) -> str:
 
 
 def measure(
-    args: argparse.Namespace, found: list[Subject], daemon: Daemon, rootfs: Path, out: Path
+    args: argparse.Namespace,
+    found: list[Subject],
+    daemon: Daemon,
+    library: OneAtATime,
+    rootfs: Path,
+    out: Path,
 ) -> tuple[dict[str, Samples], list[float], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Every measurement, printed as it completes: cold (and the cgroup lock's wait),
     sequential, concurrent, exit."""
@@ -662,6 +711,7 @@ def measure(
         cold_results, lock_waits = cold(found, args.cold_runs, args.warmup, args.settle / 1000)
     finally:
         daemon.close()
+        library.close()
     print(f"\n{report_cold(cold_results)}\n{report_lock(lock_waits)}", flush=True)
     worker = Worker(rootfs)
     try:
@@ -715,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tool = _which("runc") or _which("crun")
     bundle = build_bundle(out, rootfs, tool) if tool else None
     daemon = Daemon(out)
-    found, skipped = subjects(rootfs, ref, bundle, daemon)
+    library = OneAtATime(rootfs)
+    found, skipped = subjects(rootfs, ref, bundle, daemon, library)
     for note in skipped:
         print(f"skipped: {note}; install with: apt-get install runc crun bubblewrap")
     info = machine()
@@ -724,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         cold_results, lock_waits, sequential, parallel, exits = measure(
-            args, found, daemon, rootfs, out
+            args, found, daemon, library, rootfs, out
         )
     finally:
         for parent in REF_CGROUP_PARENTS:

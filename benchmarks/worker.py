@@ -6,8 +6,15 @@ is pointed at a "stamp file" (opened O_APPEND): containers started with
 ``Stdio.INHERIT`` write there, which is how the exit-notification benchmark's
 containers report the moment they exit.
 
-Requests (each opens its own ``Runtime``, so start-up costs are outside the
-measurement):
+With ``--one-at-a-time`` it keeps one default ``Runtime`` open instead and
+answers every line with one container of ``/bin/true`` started in it:
+``{"wall": seconds, "cpu": seconds}`` (the cold-start table's "vortex library"
+subject: a program's Runtime, started after the same pause as the others).
+Between lines its event loop keeps running, so the Runtime prepares its next
+start as it would in any program.
+
+Otherwise, requests (each opens its own ``Runtime``, so start-up costs are
+outside the measurement):
 
 * ``{"op": "throughput", "n": N, "concurrency": C, "warmup": W, "privileged":
   P, "fresh_helper": F}``: run N containers of ``/bin/true``, C at a time, after
@@ -159,8 +166,33 @@ def latencies(seen: dict[str, int], stamps: str, live: int) -> dict[str, Any]:
     return {"steady": of("sample"), "burst": of("idle"), "live": live}
 
 
+async def one_at_a_time(rootfs: str) -> None:
+    spec = ContainerSpec(rootfs=Path(rootfs), command=["/bin/true"], stdout=Stdio.NULL)
+    pending = b""
+    async with vortex.Runtime() as runtime:
+        while True:
+            # Wait in the event loop, not in a blocking read: the Runtime clones the
+            # next spare after each exit.
+            await anyio.wait_readable(0)
+            chunk = os.read(0, 4096)
+            if not chunk:
+                return
+            pending += chunk
+            while b"\n" in pending:
+                _line, pending = pending.split(b"\n", 1)
+                cpu_before, wall_before = _cpu(), time.perf_counter()
+                result = await runtime.run(spec)
+                wall, cpu = time.perf_counter() - wall_before, _cpu() - cpu_before
+                if result.exit_code != 0:
+                    raise SystemExit(f"the library's container failed: {result.describe()}")
+                os.write(1, json.dumps({"wall": wall, "cpu": cpu}).encode() + b"\n")
+
+
 def main() -> None:
     rootfs = sys.argv[1]
+    if sys.argv[2:] == ["--one-at-a-time"]:
+        anyio.run(one_at_a_time, rootfs)
+        return
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     # More than 500 containers hold a pidfd and a pipe each.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

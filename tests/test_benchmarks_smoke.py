@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import LONG_LIVED_LIBRARY, PRIVILEGED_LIBRARY, REF_CGROUP_PARENTS
+from benchmarks.run import (
+    LIBRARY_AFTER_A_PAUSE,
+    LONG_LIVED_LIBRARY,
+    PRIVILEGED_LIBRARY,
+    REF_CGROUP_PARENTS,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +44,13 @@ def run_benchmarks_smoke(out: Path, timeout: float, max_exit_latency: float) -> 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((out / "results.json").read_text())
-    assert {"vortex", "vortex via daemon", "C reference", "python -c pass"} <= set(data["cold"])
+    assert {
+        "vortex",
+        "vortex via daemon",
+        LIBRARY_AFTER_A_PAUSE,
+        "C reference",
+        "python -c pass",
+    } <= set(data["cold"])
     for subject in data["cold"].values():
         assert len(subject["wall"]) == 2
     assert {"vortex library", PRIVILEGED_LIBRARY, "C reference"} <= set(data["sequential"])
