@@ -66,6 +66,13 @@ by the time a Runtime has started as many containers as it takes to earn that
 back, it most likely lives on.  One that starts fewer never pays."""
 
 
+SPARE_AHEAD_AFTER = 0.05
+"""Seconds a spare cloned beside a running container waits for its request before it
+works ahead (vortex/spare.py): far longer than a start (~6 ms back to back), so
+that back to back it never does, while one that waits for a restart now and then
+(a supervisor's) still does."""
+
+
 class Runtime:
     """Runs containers.  Use as ``async with Runtime() as rt: await rt.run(spec)``.
 
@@ -78,11 +85,12 @@ class Runtime:
         systemd unit with ``Delegate=yes`` the unit's own cgroup (docs/cgroups.md).
     :param spare_init: keep the next container's init cloned ahead (vortex/spare.py):
         ~1.5 ms less per start, for one waiting process per Runtime.
-    :param spare_prefault: have a spare cloned while no container runs take the
-        copy-on-write faults its init will take while it waits
-        (vortex/helper/prefault.py): ~0.6 ms less for a start after a pause, for
-        ~2 MiB held by the waiting spare, most of which its init would copy
-        anyway.  Back-to-back starts never use it.
+    :param spare_prefault: have a waiting spare take the copy-on-write faults its
+        init will take (vortex/helper/prefault.py): at once when it was cloned while
+        no container runs, else once it has waited :data:`SPARE_AHEAD_AFTER`
+        without its request.  ~0.6 ms less for a start after a pause, for ~1 MiB
+        more held by the waiting spare, most of which its init would copy anyway.
+        Back-to-back starts never use it.
     :param fresh_helper: whether the fork helper is a fresh interpreter
         (vortex/helper/__main__.py) or a fork of this process.  A fresh one makes
         every clone and exit cheaper (~5% more containers/s back to back here, more
@@ -335,14 +343,16 @@ class Runtime:
         none_yet = self._spare is None and self._spare_cloned is None and not self._closing
         if self._spare_wanted and none_yet and self._task_group is not None:
             self._spare_cloned = anyio.Event()
-            # Work ahead only while no container runs: it would compete with one (the
-            # premount for the kernel's mount lock: on 2 cores, back to back, ~0.25 ms
-            # more CPU per container for ~0.1-0.4 ms less per start).
-            idle = not self._containers
-            prefault = self._spare_prefault and idle
-            self._task_group.start_soon(self._clone_spare, self._spare_cloned, prefault, idle)
+            # A spare cloned while a container runs works ahead (premount, prefault)
+            # only if its request has not come after a while: at once, it would
+            # compete with a container that is starting (the premount for the
+            # kernel's mount lock: on 2 cores, back to back, ~0.25 ms more CPU per
+            # container for ~0.1-0.4 ms less per start), and back to back its
+            # request comes first anyway.
+            ahead_after = 0.0 if not self._containers else SPARE_AHEAD_AFTER
+            self._task_group.start_soon(self._clone_spare, self._spare_cloned, ahead_after)
 
-    async def _clone_spare(self, done: anyio.Event, prefault: bool, premount: bool) -> None:
+    async def _clone_spare(self, done: anyio.Event, ahead_after: float) -> None:
         assert self._host is not None and self._helper is not None
         try:
             # Shielded: a request cut off between send and reply would leave the
@@ -352,9 +362,10 @@ class Runtime:
                 spare = await SpareInit.clone(
                     self._host,
                     self._helper,
-                    prefault=prefault,
-                    premount=premount,
+                    prefault=self._spare_prefault,
+                    premount=True,
                     loopback=self._spare_loopback,
+                    ahead_after=ahead_after,
                 )
                 self._spare_clone_seconds = time.monotonic() - began
         except (VortexError, OSError) as exc:

@@ -9,7 +9,8 @@ namespaces, waiting on a socket of its own (its process name is
 the request the fork helper would have been sent goes to the spare, which
 from then on runs exactly as a freshly cloned init.  While it waits it does
 what no spec changes (vortex/helper/server.py ``_wait_as_spare``): the init's
-first steps, and its kernel filesystems, detached (vortex/helper/kernelfs.py).
+first steps, and, unless its request comes soon (back to back), its kernel
+filesystems, detached (vortex/helper/kernelfs.py).
 It also brings ``lo`` up when the last container's plan did (the net plugin's
 does): a container whose plan differs is cloned fresh (``SpareInit.fits``).
 The helper clones the next spare while that container runs, or once it exited
@@ -28,8 +29,8 @@ freshly cloned one.
 
 The cost: one waiting process (a copy-on-write fork of the helper) and its
 namespaces per Runtime, and one clone thrown away when the Runtime closes.
-``Runtime(spare_init=False)`` turns it off.  A spare cloned while no
-container runs also takes ahead the copy-on-write faults its init will take
+``Runtime(spare_init=False)`` turns it off.  With the kernel filesystems it
+also takes ahead the copy-on-write faults its init will take
 (vortex/helper/prefault.py; ``Runtime(spare_prefault=False)`` turns that off).
 """
 
@@ -106,13 +107,15 @@ class SpareInit:
         prefault: bool = False,
         premount: bool = False,
         loopback: bool = False,
+        ahead_after: float = 0.0,
     ) -> SpareInit:
         """Have the helper clone a spare; on cgroup v2 first record an id and create
         its cgroup, to clone the spare into.  On failure nothing is left behind.
-        With ``prefault`` it copies the pages its init will write while it waits
-        (helper/prefault.py); with ``premount`` it creates its
-        container's kernel filesystems (helper/kernelfs.py); with ``loopback`` it
-        brings ``lo`` up, and only a container whose plan does so will fit."""
+        With ``premount`` it creates its container's kernel filesystems
+        (helper/kernelfs.py) and with ``prefault`` it copies the pages its init
+        will write (helper/prefault.py), both once it has waited ``ahead_after``
+        seconds without its request; with ``loopback`` it brings ``lo`` up, and
+        only a container whose plan does so will fit."""
         container_id = None
         if host.cgroups is not None and host.cgroups.version == 2:
             container_id = os.urandom(16).hex()
@@ -135,6 +138,7 @@ class SpareInit:
                     prefault=prefault,
                     premount=premount,
                     loopback=loopback,
+                    ahead_after=ahead_after,
                 )
                 pid, pidfd = await helper.spawn(request, fds)
             finally:

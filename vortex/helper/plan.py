@@ -56,6 +56,10 @@ class SpareRequest:
     inits listed them (vortex/helper/prefault.py)."""
     premount: bool = False
     """Create the kernel filesystems while waiting (vortex/helper/kernelfs.py)."""
+    ahead_after: float = 0.0
+    """Seconds to wait for the request before the premount and the prefault (0: do
+    them at once).  A spare cloned beside a starting container waits: its work
+    would compete with that start, and back to back its request comes first."""
     loopback: bool = False
     """Bring ``lo`` up while waiting: the container's plan will ask for it
     (``SpareInit.fits`` turns a spare away whose container's plan does not)."""

@@ -29,9 +29,10 @@ pages the helper itself wrote while the learner ran (already the spare's own:
 taking them copies nothing) and the spare's own first writes (made before it
 waits).  So the copying costs the spare about what its init would have
 copied anyway: ~1 MiB more held while it waits, ~0.6 ms of CPU on a core
-that is idle then.  The Runtime asks for it only for a spare cloned while no
-container runs: beside a running container, back to back, the copying
-competes with it for the CPU and made starts slower (docs/performance.md).
+that is idle then.  A spare cloned beside a running container copies only
+once it has waited a while (``Runtime`` ``SPARE_AHEAD_AFTER``) without its
+request: back to back, copying at once competed with the starting container
+for the CPU and made starts slower (docs/performance.md).
 """
 
 from __future__ import annotations
