@@ -363,7 +363,6 @@ class Runtime:
                     self._host,
                     self._helper,
                     prefault=self._spare_prefault,
-                    premount=True,
                     loopback=self._spare_loopback,
                     ahead_after=ahead_after,
                 )

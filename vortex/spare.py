@@ -105,17 +105,16 @@ class SpareInit:
         helper: ForkHelper,
         *,
         prefault: bool = False,
-        premount: bool = False,
         loopback: bool = False,
         ahead_after: float = 0.0,
     ) -> SpareInit:
         """Have the helper clone a spare; on cgroup v2 first record an id and create
         its cgroup, to clone the spare into.  On failure nothing is left behind.
-        With ``premount`` it creates its container's kernel filesystems
-        (helper/kernelfs.py) and with ``prefault`` it copies the pages its init
-        will write (helper/prefault.py), both once it has waited ``ahead_after``
-        seconds without its request; with ``loopback`` it brings ``lo`` up, and
-        only a container whose plan does so will fit."""
+        Once it has waited ``ahead_after`` seconds without its request it creates
+        its container's kernel filesystems (helper/kernelfs.py) and, with
+        ``prefault``, copies the pages its init will write (helper/prefault.py);
+        with ``loopback`` it brings ``lo`` up, and only a container whose plan does
+        so will fit."""
         container_id = None
         if host.cgroups is not None and host.cgroups.version == 2:
             container_id = os.urandom(16).hex()
@@ -136,7 +135,6 @@ class SpareInit:
                     NAMESPACE_FLAGS,
                     has_cgroup_fd=cgroup_fd is not None,
                     prefault=prefault,
-                    premount=premount,
                     loopback=loopback,
                     ahead_after=ahead_after,
                 )

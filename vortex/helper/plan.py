@@ -54,11 +54,10 @@ class SpareRequest:
     prefault: bool = False
     """Write ahead, while waiting, the pages its init will write: the helper's first
     inits listed them (vortex/helper/prefault.py)."""
-    premount: bool = False
-    """Create the kernel filesystems while waiting (vortex/helper/kernelfs.py)."""
     ahead_after: float = 0.0
-    """Seconds to wait for the request before the premount and the prefault (0: do
-    them at once).  A spare cloned beside a starting container waits: its work
+    """Seconds to wait for the request before working ahead (0: at once): creating
+    the kernel filesystems (vortex/helper/kernelfs.py) and, with ``prefault``,
+    writing the init's pages.  A spare cloned beside a starting container waits: its work
     would compete with that start, and back to back its request comes first."""
     loopback: bool = False
     """Bring ``lo`` up while waiting: the container's plan will ask for it

@@ -5,10 +5,9 @@ copy-on-write.  CPython writes to each object it touches (reference counts),
 so the init's Python, from its request to ``execve``, writes ~175 pages the
 helper still shares, at one fault each (and a copy): after a pause, ~1 ms of
 the init's 2.3 ms, ~0.6 ms of a whole start on this project's 2-core VM
-(docs/performance.md, eleventh session).  A
-spare that is idle anyway can take those faults before its request comes:
-``MADV_POPULATE_WRITE`` (Linux 5.14) over the pages makes the private copies
-without running any code.
+(docs/performance.md, eleventh session).  A spare that is idle anyway can
+take those faults before its request comes: ``MADV_POPULATE_WRITE`` (Linux
+5.14) over the pages makes the private copies without running any code.
 
 Which pages: those the first inits of this helper wrote, as the kernel saw
 them.  A page an init has written is, by then, mapped by it alone (copied, or

@@ -148,10 +148,10 @@ def _wait_as_spare(
     While it waits it does what does not depend on its container: the init's
     first steps (signals, session), with ``loopback`` ``lo`` up (the Runtime
     asks for that only when its container's plan will), and, once its request
-    has not come for ``ahead_after`` seconds, with ``premount`` the kernel
-    filesystems, detached (helper/kernelfs.py), and with ``prefault`` the
-    copy-on-write faults its init will take, as far as the helper knows them;
-    as a ``learner`` its init lists them (helper/prefault.py)."""
+    has not come for ``ahead_after`` seconds, its kernel filesystems, detached
+    (helper/kernelfs.py), and with ``prefault`` the copy-on-write faults its
+    init will take, as far as the helper knows them; as a ``learner`` its init
+    lists them (helper/prefault.py)."""
     status = 1
     try:
         # First the parent-death signal: the Runtime's death must not leave us waiting.
@@ -168,14 +168,10 @@ def _wait_as_spare(
                 loopback_up = True
         with socket.socket(fileno=fd) as spare:
             try:
-                if not (asked.premount or asked.prefault):
-                    received = receive_request(spare)
-                else:
-                    received = _receive_within(spare, asked.ahead_after)
+                received = _receive_within(spare, asked.ahead_after)
             except TimeoutError:  # no request yet: work ahead, then wait for it
-                if asked.premount:
-                    # Restricted devices are the default (vortex/plugins/security.py).
-                    premounts = kernelfs.Premounts.make(nodev=True)
+                # Restricted devices are the default (vortex/plugins/security.py).
+                premounts = kernelfs.Premounts.make(nodev=True)
                 if asked.prefault:
                     populate_until_readable(written_pages.runs, fd)
                 received = receive_request(spare)
