@@ -410,41 +410,12 @@ class Daemon:
         self.proc.wait(timeout=30)
 
 
-class OneAtATime:
-    """A library process that keeps one Runtime open and starts one container per
-    request (``benchmarks/worker.py --one-at-a-time``)."""
-
-    def __init__(self, rootfs: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", str(rootfs), "--one-at-a-time"],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def run(self) -> tuple[float, float]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the library process died; see its error above")
-        reply = json.loads(line)
-        return float(reply["wall"]), float(reply["cpu"])
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
 class Worker:
     """The warm library process (benchmarks/worker.py)."""
 
-    def __init__(self, rootfs: Path) -> None:
+    def __init__(self, rootfs: Path, *options: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", str(rootfs)],
+            [sys.executable, "-m", "benchmarks.worker", str(rootfs), *options],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -465,6 +436,18 @@ class Worker:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+class OneAtATime(Worker):
+    """A library process that keeps one Runtime open and starts one container per
+    request (``benchmarks/worker.py --one-at-a-time``)."""
+
+    def __init__(self, rootfs: Path) -> None:
+        super().__init__(rootfs, "--one-at-a-time")
+
+    def run(self) -> tuple[float, float]:
+        reply = self.ask(op="run")
+        return float(reply["wall"]), float(reply["cpu"])
 
 
 def batch(subject: Subject, n: int, concurrency: int, first: int) -> dict[str, Any]:

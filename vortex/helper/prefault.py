@@ -79,7 +79,8 @@ class WrittenPages:
     def __init__(self) -> None:
         self._shared = mmap.mmap(-1, LEARNERS * SLOT_BYTES)  # MAP_SHARED, anonymous
         self._claimed = 0
-        self._seen = b""
+        self._seen = [0] * LEARNERS
+        """The learners' list lengths at the last :meth:`refresh`."""
         self.runs: tuple[tuple[int, int], ...] = ()
         """(address, length) of each run of known pages, in address order."""
 
@@ -120,16 +121,13 @@ class WrittenPages:
     def refresh(self) -> None:
         """In the helper, before it clones a spare: take in the lists recorded since
         the last call."""
-        lengths = b"".join(
-            self._shared[slot * SLOT_BYTES : slot * SLOT_BYTES + 8] for slot in range(LEARNERS)
-        )
+        bases = range(0, LEARNERS * SLOT_BYTES, SLOT_BYTES)
+        lengths = [int.from_bytes(self._shared[base : base + 8], "little") for base in bases]
         if lengths == self._seen:
             return
         self._seen = lengths
         bounds = array.array("Q")
-        for slot in range(LEARNERS):
-            base = slot * SLOT_BYTES
-            length = int.from_bytes(self._shared[base : base + 8], "little")
+        for base, length in zip(bases, lengths, strict=True):
             bounds.frombytes(self._shared[base + 8 : base + 8 + length])
         runs: list[tuple[int, int]] = []  # the union of the learners' runs
         for first, end in sorted(zip(bounds[::2], bounds[1::2], strict=True)):
