@@ -144,6 +144,11 @@ def child_processes(parent: int | None = None) -> dict[int, tuple[str, str]]:
     return found
 
 
+def children_of(parent: int, name: str | None = None) -> list[int]:
+    """PIDs of ``parent``'s children (those called ``name``, when given)."""
+    return [pid for pid, (called, _) in child_processes(parent).items() if name in (None, called)]
+
+
 def zombie_children() -> list[int]:
     """PIDs of zombie processes whose parent is this test process."""
     return [pid for pid, (_name, state) in child_processes().items() if state == "Z"]

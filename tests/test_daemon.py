@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import (
     VORTEX,
+    children_of,
     imported_modules,
     is_fresh_helper,
     run_vortex,
@@ -41,7 +42,6 @@ from tests.test_cli_run import (  # noqa: F401  (collected again, now through th
     test_stdin_pipes_through,
     test_stdout_and_stderr_are_separate,
 )
-from tests.test_spare import children_of
 
 
 class Daemon:

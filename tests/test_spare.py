@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import child_processes, reachable_copy, run_python
+from tests.conftest import children_of, reachable_copy, run_python
 from vortex import _linux as L
 from vortex.container import Container
 from vortex.hookspecs import hookimpl
@@ -403,11 +403,6 @@ def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
             proc.stdout.close()
     # What it left on cgroup v2 (a state record and a cgroup) the next Runtime sweeps,
     # as for any container of a Runtime that died: tests/test_runtime.py checks that.
-
-
-def children_of(parent: int, name: str | None = None) -> list[int]:
-    """PIDs of ``parent``'s children (those called ``name``, when given)."""
-    return [pid for pid, (called, _) in child_processes(parent).items() if name in (None, called)]
 
 
 # ------------------------------------------------------- what a spare does while it waits

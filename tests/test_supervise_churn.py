@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from supervise_harness import busybox_config, supervise
 
-from tests.conftest import child_processes, is_fresh_helper
+from tests.conftest import child_processes, children_of, is_fresh_helper
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
@@ -56,14 +56,6 @@ def _rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def _fork_helpers(supervisor: int) -> list[int]:
-    return [
-        child
-        for child, (name, _state) in child_processes(supervisor).items()
-        if name == "vortex-helper"
-    ]
-
-
 def test_a_thousand_restarts_leak_nothing(rootfs: Path) -> None:
     config = busybox_config(
         rootfs,
@@ -80,7 +72,7 @@ backoff = { initial = 0, max = 0 }
         # Its fork helper is a fresh interpreter from the start (never renewed: a
         # renewal would open a socket of its own in the middle of the count).
         sup.wait_until(lambda c: c["churn"]["restarts"] >= 20)
-        (helper,) = _fork_helpers(pid)
+        (helper,) = children_of(pid, "vortex-helper")
         assert is_fresh_helper(helper)
         assert sup.cli("stop", "churn").returncode == 0
         fds_before, rss_before = _fds(pid), _rss_kib(pid)
