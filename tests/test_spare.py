@@ -597,11 +597,17 @@ async def prepared_spare(rt: vortex.Runtime, rootfs: Path, wait: float = 10) -> 
     """A spare cloned while nothing runs, once it has premounted its kernel filesystems
     (an AssertionError after ``wait`` seconds)."""
     spare = await _spare_after_an_idle_exit(rt, rootfs)
+    await wait_until_premounted(spare.pid, 6, wait)
+    return spare
+
+
+async def wait_until_premounted(pid: int, count: int, wait: float = 10) -> None:
+    """Until a spare holds ``count`` detached mounts (an AssertionError after ``wait``
+    seconds)."""
     deadline = time.monotonic() + wait
-    while len(detached_mounts(spare.pid)) < 6:
+    while len(detached_mounts(pid)) < count:
         assert time.monotonic() < deadline, "the spare never premounted"
         await anyio.sleep(0.01)
-    return spare
 
 
 # The kernel filesystems as a container sees them: mount point, per-mount options,
@@ -684,8 +690,10 @@ async def test_a_spare_cloned_beside_a_container_works_ahead_only_after_a_while(
         assert result.exit_code == 0 and b"ptmx" in result.stdout
         following = await rt.spare()
         assert following is not None
-        wait_until_faulted(following.pid, unprefaulted + PREFAULT_MARGIN)
+        # The premount first (its own faults count too), then the prefault.
+        await wait_until_premounted(following.pid, 12)
         assert len(detached_mounts(following.pid)) == 12
+        wait_until_faulted(following.pid, unprefaulted + PREFAULT_MARGIN)
         for container in (first, second):
             container.kill(signal.SIGKILL)
             await container.wait()
