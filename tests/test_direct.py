@@ -13,6 +13,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,32 @@ def test_a_failing_post_cgroup_hook_aborts_the_waiting_init(rootfs: Path) -> Non
         direct.run(spec_for(rootfs, "/bin/true"), plugins=[FailingPostCgroup(), recorder])
     assert recorder.result is not None and recorder.result.exit_code != 0
     assert "no veth today" in (recorder.result.error or "")
+
+
+class LoopbackWatcher:
+    """A post_cgroup hook that waits, from the host, until ``lo`` is up in the init's
+    network namespace: the init cannot pass its sync pipe before the hook returns."""
+
+    def __init__(self) -> None:
+        self.flags = ""
+
+    @hookimpl
+    def vortex_post_cgroup(self, container: Container) -> None:
+        show = ["nsenter", f"--net=/proc/{container.pid}/ns/net", "ip", "-o", "link", "show", "lo"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            self.flags = subprocess.run(show, capture_output=True, text=True).stdout
+            if ",UP" in self.flags:
+                return
+            time.sleep(0.01)
+
+
+def test_a_fresh_init_brings_lo_up_while_the_post_cgroup_hooks_run(rootfs: Path) -> None:
+    # vortex/helper/init.py's _work_ahead; the net plugin's plan brings lo up.
+    watcher = LoopbackWatcher()
+    result = direct.run(spec_for(rootfs, "/bin/sh", "-c", "exit 4"), plugins=[watcher])
+    assert ",UP" in watcher.flags, watcher.flags
+    assert result.exit_code == 4
 
 
 class ThreadStarter:

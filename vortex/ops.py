@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from vortex.records import record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 
 @record
 class BindMount:
@@ -61,3 +65,8 @@ class LoopbackUp:
 
 SetupOp = BindMount | MountFilesystem | WriteFile | MakeDirectory | Symlink | LoopbackUp
 """Every operation a ``vortex_pre_pivot`` hook may return."""
+
+
+def brings_loopback_up(plan_ops: Iterable[SetupOp]) -> bool:
+    """Whether a plan brings ``lo`` up (the net plugin's does)."""
+    return any(isinstance(op, LoopbackUp) for op in plan_ops)

@@ -48,9 +48,10 @@ from vortex.lifecycle import (
     plan_setup,
     release,
 )
+from vortex.ops import brings_loopback_up
 from vortex.pluginmanager import call_async, load_plugins
 from vortex.result import RunResult
-from vortex.spare import SpareInit, brings_loopback_up, may_take
+from vortex.spare import SpareInit, may_take
 from vortex.spec import ContainerSpec
 from vortex.standard_fds import open_standard_fds
 from vortex.state import DEFAULT_STATE_DIR, StateDir

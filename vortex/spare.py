@@ -40,7 +40,6 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Iterable
 
 import anyio
 
@@ -49,7 +48,7 @@ from vortex.errors import VortexError
 from vortex.helper.client import ForkHelper, encoded
 from vortex.helper.plan import SpareRequest, SpawnRequest
 from vortex.lifecycle import NAMESPACE_FLAGS, Host, release_id
-from vortex.ops import LoopbackUp, SetupOp
+from vortex.ops import brings_loopback_up
 from vortex.spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -64,11 +63,6 @@ def may_take(spec: ContainerSpec) -> bool:
     by :meth:`SpareInit.fits`."""
     options = spec.security
     return options.userns is None and options.literal is None and not rootless.is_rootless()
-
-
-def brings_loopback_up(plan_ops: Iterable[SetupOp]) -> bool:
-    """Whether a plan brings ``lo`` up (the net plugin's does)."""
-    return any(isinstance(op, LoopbackUp) for op in plan_ops)
 
 
 class SpareInit:
