@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -355,6 +356,50 @@ async def test_init_is_in_its_cgroup_before_the_command_runs(rootfs: Path) -> No
     # Inside, the cgroup namespace makes that cgroup the root.
     assert result.stdout is not None
     assert all(line.endswith(":/") for line in result.stdout.decode().splitlines())
+
+
+async def test_at_the_exit_hooks_the_containers_processes_are_all_gone(rootfs: Path) -> None:
+    # The Runtime does not sweep the cgroup once the init is reaped
+    # (lifecycle.collect_result): the kernel has ended the init's PID namespace,
+    # background processes and their children included, before it can be reaped.
+    left: list[list[int]] = []
+
+    class AtExit:
+        @vortex.hookimpl
+        def vortex_on_exit(self, container: vortex.Container) -> None:
+            assert container.cgroup is not None
+            left.append(container.cgroup.procs())
+
+    script = "sleep 100 & (sleep 100 & sleep 100) & sleep 0.1; exit 3"
+    async with vortex.Runtime(plugins=[AtExit()]) as rt:
+        result = await rt.run(spec(rootfs, script, stdout=Stdio.NULL, stderr=Stdio.NULL))
+    assert result.exit_code == 3
+    assert left == [[]]
+
+
+def test_a_process_moved_into_a_containers_cgroup_dies_with_it(rootfs: Path) -> None:
+    # From outside its PID namespace the kernel does not end it with the container:
+    # the removal of the cgroup finds it there and kills it (nothing is left behind).
+    outsider = subprocess.Popen(["sleep", "100"])
+    cgroups_before = vortex_cgroups()
+
+    class MoveIn:
+        @vortex.hookimpl
+        def vortex_post_cgroup(self, container: vortex.Container) -> None:
+            assert container.cgroup is not None
+            container.cgroup.attach(outsider.pid)
+
+    async def run() -> vortex.RunResult:
+        async with vortex.Runtime(plugins=[MoveIn()]) as rt:
+            return await rt.run(spec(rootfs, "exit 0"))
+
+    try:
+        assert anyio.run(run).exit_code == 0
+        assert outsider.wait(timeout=10) == -signal.SIGKILL
+        assert vortex_cgroups() == cgroups_before
+    finally:
+        outsider.kill()
+        outsider.wait()
 
 
 async def test_written_files_are_private_to_each_container(rootfs: Path) -> None:

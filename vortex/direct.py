@@ -45,12 +45,12 @@ from vortex.lifecycle import (
     Host,
     collect_result,
     describe_failure,
-    end_processes,
     new_container,
     open_host,
     plan_setup,
     release,
     spawn_request,
+    wall_time,
 )
 from vortex.ops import SetupOp
 from vortex.pluginmanager import call_blocking, load_plugins_for_one_run
@@ -193,7 +193,7 @@ class _DirectRun:
             result = collect_result(
                 container,
                 info,
-                wall_time=end_processes(container, info, self.cloned_at),
+                wall_time=wall_time(self.cloned_at),
                 error=describe_failure(failure) if failure is not None else None,
             )
             for error in call_blocking(

@@ -10,7 +10,7 @@ functions, so a spec means the same thing whichever runs it:
 - :func:`new_container`: id, state record, cgroup;
 - :func:`plan_setup`: ``vortex_pre_pivot`` and ``vortex_security`` hooks;
 - :func:`spawn_request`: what the cloned init is told to do;
-- :func:`end_processes`, :func:`collect_result` and :func:`release`: after the
+- :func:`wall_time`, :func:`collect_result` and :func:`release`: after the
   init was reaped.
 
 The hooks that may be async (``prepare``, ``post_cgroup``, ``post_start``,
@@ -19,7 +19,6 @@ The hooks that may be async (``prepare``, ``post_cgroup``, ``post_start``,
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -180,17 +179,10 @@ def spawn_request(
     )
 
 
-def end_processes(container: Container, info: os.waitid_result | None, cloned_at: float) -> float:
-    """Right after the init was reaped (``info``; None when it never started): make
-    sure nothing of the container still runs.  Returns its wall time in seconds."""
-    ended = time.monotonic()
-    if container.cgroup is not None and info is not None:
-        # PID 1 is gone, so the kernel kills the rest of its PID namespace; make sure
-        # of it (and of anything that moved out of reach): the output pipes then reach
-        # EOF, and the statistics are final.
-        with contextlib.suppress(Exception):
-            container.cgroup.kill()
-    return ended - cloned_at if cloned_at else 0.0
+def wall_time(cloned_at: float) -> float:
+    """Seconds from the clone (``cloned_at``, ``time.monotonic()``; 0 when there was
+    none) until now: called right after the init was reaped."""
+    return time.monotonic() - cloned_at if cloned_at else 0.0
 
 
 def collect_result(
@@ -203,7 +195,15 @@ def collect_result(
     error: str | None = None,
 ) -> RunResult:
     """The RunResult of a reaped init (``info``; None when it never started), with the
-    statistics of its cgroup (after :func:`end_processes`)."""
+    statistics of its cgroup.
+
+    They are final: nothing of the container runs any more.  Every container has
+    a PID namespace of its own (:data:`NAMESPACE_FLAGS`), and the kernel kills
+    and reaps all of a namespace's processes, nested namespaces' included,
+    before its init can be reaped.  Only a process moved into the cgroup from
+    outside could be left; :func:`release` kills it (the cgroup is busy), so
+    the exit is not delayed by a sweep of the cgroup (0.13 ms of each exit
+    notification on v1) that finds nothing."""
     cgroup = container.cgroup
     stats = None
     if cgroup is not None:

@@ -42,11 +42,11 @@ from vortex.lifecycle import (
     Host,
     collect_result,
     describe_failure,
-    end_processes,
     new_container,
     open_host,
     plan_setup,
     release,
+    wall_time,
 )
 from vortex.ops import brings_loopback_up
 from vortex.pluginmanager import call_async, load_plugins
@@ -425,14 +425,14 @@ class Runtime:
     async def _finish(
         self, container: Container, launch: Launch, info: os.waitid_result | None
     ) -> None:
-        wall_time = end_processes(container, info, launch.cloned_at)
+        elapsed = wall_time(launch.cloned_at)
         stdout, stderr = await launch.collect_output()
         if launch.post_start_done is not None:
             await launch.post_start_done.wait()  # on_exit never overtakes post_start
         result = collect_result(
             container,
             info,
-            wall_time=wall_time,
+            wall_time=elapsed,
             stdout=stdout,
             stderr=stderr,
             error=launch.error,

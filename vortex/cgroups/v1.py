@@ -351,10 +351,10 @@ class V1Cgroup(Cgroup):
     def remove(self) -> None:
         """Kill leftovers and rmdir the directories in every hierarchy; missing ones are fine."""
         # First one rmdir per hierarchy: after a container's exit its cgroup is already
-        # empty (lifecycle.end_processes), and listing every hierarchy's processes and
-        # child cgroups again would cost ~0.2 ms of each exit.  The kernel refuses to
-        # remove a cgroup that holds a process or a child cgroup (EBUSY): only then
-        # kill and remove the subtree.
+        # empty (its PID namespace died with its init: lifecycle.collect_result), and
+        # listing every hierarchy's processes and child cgroups would cost ~0.2 ms of
+        # each exit.  The kernel refuses to remove a cgroup that holds a process or a
+        # child cgroup (EBUSY): only then kill and remove the subtree.
         busy = False
         for directory in self.paths:
             try:
