@@ -194,6 +194,13 @@ def test_stats_are_plausible(backend: V1Backend, spawn: Spawn) -> None:
     assert stats.cpu_time is not None and 0.15 <= stats.cpu_time < 5
     assert stats.pids_current == 1
     assert stats.oom_kills == 0
+    assert stats.cpu_user_time is not None and "cache" in stats.memory_stat
+    # What a RunResult carries, from fewer files: the same peak, no current usage.
+    result = cgroup.stats(result_only=True)
+    assert result.memory_peak is not None and result.memory_peak >= stats.memory_peak
+    assert result.cpu_time is not None and result.cpu_time >= stats.cpu_time
+    assert (result.memory_current, result.pids_current, result.cpu_user_time) == (None,) * 3
+    assert result.memory_stat == {}
 
 
 def test_kill_empties_the_cgroup(backend: V1Backend, spawn: Spawn) -> None:

@@ -206,6 +206,12 @@ def test_stats_are_plausible(backend: V2Backend, spawn: Spawn) -> None:
     assert stats.cpu_time is not None and stats.cpu_time >= 0.15
     assert stats.pids_current == 1
     assert stats.oom_kills == 0
+    assert "anon" in stats.memory_stat
+    # What a RunResult carries, from fewer files: the same peak, no current usage.
+    result = cgroup.stats(result_only=True)
+    assert result.memory_peak is not None and result.memory_peak >= stats.memory_peak
+    assert result.cpu_time is not None and result.cpu_time >= stats.cpu_time
+    assert (result.memory_current, result.pids_current, result.memory_stat) == (None, None, {})
 
 
 def test_remove_leaves_nothing_and_is_idempotent(backend: V2Backend, spawn: Spawn) -> None:

@@ -208,7 +208,7 @@ def collect_result(
     stats = None
     if cgroup is not None:
         try:
-            stats = cgroup.stats()
+            stats = cgroup.stats(result_only=True)
         except VortexError as exc:
             log.emit("warning", "cgroup.stats_failed", container_id=container.id, error=str(exc))
     exit_code = sig = None

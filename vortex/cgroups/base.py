@@ -113,8 +113,11 @@ class Cgroup(abc.ABC):
         """PIDs currently in the cgroup."""
 
     @abc.abstractmethod
-    def stats(self) -> CgroupStats:
-        """Read the counters."""
+    def stats(self, *, result_only: bool = False) -> CgroupStats:
+        """Read the counters.  With ``result_only``, only those a
+        :class:`~vortex.result.RunResult` carries: not the current memory and
+        pids (zero once the container is gone), the user/system split or the raw
+        memory.stat, whose files a container's exit would otherwise read too."""
 
     @abc.abstractmethod
     def kill(self) -> None:

@@ -42,6 +42,7 @@ from vortex.cgroups._common import (
 )
 from vortex.cgroups.base import Cgroup, CgroupBackend, CgroupStats, Limits
 from vortex.errors import CgroupError, MissingControllerError
+from vortex.records import replace
 
 CONTROLLERS: tuple[str, ...] = ("memory", "pids", "cpu", "cpuacct", "freezer")
 """The v1 hierarchies every container cgroup lives in (those that are mounted)."""
@@ -230,7 +231,7 @@ class V1Cgroup(Cgroup):
             pids.update(read_procs(os.path.join(directory, "cgroup.procs")))
         return sorted(pids)
 
-    def stats(self) -> CgroupStats:
+    def stats(self, *, result_only: bool = False) -> CgroupStats:
         """Read the counters; a counter whose controller is not mounted is None."""
 
         def number(controller: str, filename: str) -> int | None:
@@ -244,25 +245,30 @@ class V1Cgroup(Cgroup):
             return {} if text is None else parse_flat_keyed(text)
 
         cpu_ns = number("cpuacct", "cpuacct.usage")
-        ticks = keyed("cpuacct", "cpuacct.stat")  # in USER_HZ
-        hz = os.sysconf("SC_CLK_TCK")
         cpu_stat = keyed("cpu", "cpu.stat")
         throttled_ns = cpu_stat.get("throttled_time")
         io = self._file("blkio", "blkio.throttle.io_service_bytes_recursive")
         io_text = None if io is None else read_optional(io)
         io_totals = None if io_text is None else parse_blkio_bytes(io_text)
-        return CgroupStats(
+        stats = CgroupStats(
             memory_peak=number("memory", "memory.max_usage_in_bytes"),
-            memory_current=number("memory", "memory.usage_in_bytes"),
             cpu_time=None if cpu_ns is None else cpu_ns / 1e9,
-            pids_current=number("pids", "pids.current"),
             oom_kills=keyed("memory", "memory.oom_control").get("oom_kill", 0),
-            cpu_user_time=ticks["user"] / hz if "user" in ticks else None,
-            cpu_system_time=ticks["system"] / hz if "system" in ticks else None,
             cpu_throttled_periods=cpu_stat.get("nr_throttled"),
             cpu_throttled_time=None if throttled_ns is None else throttled_ns / 1e9,
             io_read_bytes=None if io_totals is None else io_totals[0],
             io_write_bytes=None if io_totals is None else io_totals[1],
+        )
+        if result_only:
+            return stats
+        ticks = keyed("cpuacct", "cpuacct.stat")  # in USER_HZ
+        hz = os.sysconf("SC_CLK_TCK")
+        return replace(
+            stats,
+            memory_current=number("memory", "memory.usage_in_bytes"),
+            pids_current=number("pids", "pids.current"),
+            cpu_user_time=ticks["user"] / hz if "user" in ticks else None,
+            cpu_system_time=ticks["system"] / hz if "system" in ticks else None,
             memory_stat=keyed("memory", "memory.stat"),
         )
 

@@ -45,6 +45,7 @@ from vortex.cgroups._common import (
 )
 from vortex.cgroups.base import Cgroup, CgroupBackend, CgroupStats, Limits
 from vortex.errors import CgroupError, MissingControllerError
+from vortex.records import replace
 
 CONTROLLERS: tuple[str, ...] = ("memory", "pids", "cpu")
 """The controllers Vortex enables for every container cgroup (when available): they
@@ -162,7 +163,7 @@ class V2Cgroup(Cgroup):
         text = read_optional(self._file("cgroup.events"))
         return text is not None and parse_populated(text)
 
-    def stats(self) -> CgroupStats:
+    def stats(self, *, result_only: bool = False) -> CgroupStats:
         """Read the counters; a counter whose file is missing is None."""
 
         def text(filename: str) -> str | None:
@@ -178,11 +179,9 @@ class V2Cgroup(Cgroup):
         events = parse_flat_keyed(text("memory.events") or "")
         io = text("io.stat")
         io_totals = None if io is None else parse_io_stat(io)
-        return CgroupStats(
+        stats = CgroupStats(
             memory_peak=number("memory.peak"),
-            memory_current=number("memory.current"),
             cpu_time=None if usage_usec is None else usage_usec / 1e6,
-            pids_current=number("pids.current"),
             # oom_kill counts processes the OOM killer actually killed; "oom" only
             # counts the times the limit was hit, which may end without a kill.
             oom_kills=events.get("oom_kill", 0),
@@ -193,6 +192,14 @@ class V2Cgroup(Cgroup):
             cpu_throttled_time=_usec(throttled_usec),
             io_read_bytes=None if io_totals is None else io_totals[0],
             io_write_bytes=None if io_totals is None else io_totals[1],
+        )
+        if result_only:
+            return stats
+        return replace(
+            stats,
+            memory_current=number("memory.current"),
+            pids_current=number("pids.current"),
+            # Reading memory.stat makes the kernel flush its per-CPU counters first.
             memory_stat=parse_flat_keyed(text("memory.stat") or ""),
         )
 
