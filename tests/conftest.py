@@ -149,6 +149,24 @@ def children_of(parent: int, name: str | None = None) -> list[int]:
     return [pid for pid, (called, _) in child_processes(parent).items() if name in (None, called)]
 
 
+def fork_helper_of(parent: int) -> int:
+    """The PID of ``parent``'s fork helper.  The inits it clones are ``parent``'s
+    children too (CLONE_PARENT) and keep its name until they rename themselves or
+    exec; unlike the helper, they live in PID namespaces of their own."""
+    helpers = [pid for pid in children_of(parent, "vortex-helper") if _in_our_pid_ns(pid)]
+    assert len(helpers) == 1, helpers
+    return helpers[0]
+
+
+def _in_our_pid_ns(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            nspids = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    except (OSError, StopIteration):
+        return False  # exited meanwhile
+    return len(nspids) == 1
+
+
 def zombie_children() -> list[int]:
     """PIDs of zombie processes whose parent is this test process."""
     return [pid for pid, (_name, state) in child_processes().items() if state == "Z"]

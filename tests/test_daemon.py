@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import (
     VORTEX,
     children_of,
+    fork_helper_of,
     imported_modules,
     is_fresh_helper,
     run_vortex,
@@ -139,8 +140,7 @@ def test_the_daemons_helper_is_fresh_and_a_spare_waits_between_clients(
         time.sleep(0.02)
     assert len(spares) == 1, spares
     # Its fork helper is a fresh interpreter (Runtime(fresh_helper=True)).
-    (helper,) = children_of(daemon.proc.pid, "vortex-helper")
-    assert is_fresh_helper(helper)
+    assert is_fresh_helper(fork_helper_of(daemon.proc.pid))
 
 
 def test_relative_rootfs_is_the_clients(daemon: Daemon, rootfs: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from supervise_harness import busybox_config, supervise
 
-from tests.conftest import child_processes, children_of, is_fresh_helper
+from tests.conftest import child_processes, fork_helper_of, is_fresh_helper
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
@@ -72,8 +72,7 @@ backoff = { initial = 0, max = 0 }
         # Its fork helper is a fresh interpreter from the start (never renewed: a
         # renewal would open a socket of its own in the middle of the count).
         sup.wait_until(lambda c: c["churn"]["restarts"] >= 20)
-        (helper,) = children_of(pid, "vortex-helper")
-        assert is_fresh_helper(helper)
+        assert is_fresh_helper(fork_helper_of(pid))
         assert sup.cli("stop", "churn").returncode == 0
         fds_before, rss_before = _fds(pid), _rss_kib(pid)
         assert sup.cli("start", "churn").returncode == 0
