@@ -8,6 +8,7 @@ not installed skipped (Vortex and the C reference always run).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -60,6 +61,11 @@ def run_benchmarks_smoke(out: Path, timeout: float, max_exit_latency: float) -> 
     assert len(data["exit"]["steady"]) == 5
     assert all(0 < latency < max_exit_latency for latency in data["exit"]["steady"])
     assert "| vortex " in proc.stdout
+    # The plot of the distributions, where matplotlib (the bench extra) is installed.
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "no plot: matplotlib is missing" in proc.stdout
     # The kernel's cgroup lock, probed in the same rhythm (a no-op migration, as root).
     assert len(data["cgroup_lock_wait"]) == 2
     assert all(0 < wait < 1 for wait in data["cgroup_lock_wait"])
