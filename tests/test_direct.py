@@ -143,7 +143,8 @@ class LoopbackWatcher:
 
 
 def test_a_fresh_init_brings_lo_up_while_the_post_cgroup_hooks_run(rootfs: Path) -> None:
-    # vortex/helper/init.py's _work_ahead; the net plugin's plan brings lo up.
+    # vortex/helper/init.py, _run: a fresh init works ahead; the net plugin's plan
+    # brings lo up.
     watcher = LoopbackWatcher()
     result = direct.run(spec_for(rootfs, "/bin/sh", "-c", "exit 4"), plugins=[watcher])
     assert ",UP" in watcher.flags, watcher.flags

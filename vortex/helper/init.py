@@ -147,9 +147,8 @@ def _run(
     # close at exec, or the Runtime would only learn "exec succeeded" at exit.
     os.set_inheritable(fds["errors"], False)
     sec = plan.security if plan.security is not None else InitSecurity()
-    if premounts is not None and (
-        premounts.nodev != sec.nodev_rootfs or sec.userns or sec.rootless
-    ):
+    variant = premount_variant(sec)
+    if premounts is not None and premounts.nodev != variant:
         premounts.close()  # a spare's, made for the common /dev, not this container's
         premounts = None
     if not prepared:
@@ -159,7 +158,10 @@ def _run(
         # neither, as a spare does while it waits.  Not in a spare that got its
         # request: back to back that comes ~0.6 ms before the sync byte, too short
         # a time; premounting then only cost CPU (measured).
-        premounts, loopback_up = _work_ahead(plan, sec)
+        if variant is not None:
+            premounts = kernelfs.Premounts.make(nodev=variant)
+        if ops.brings_loopback_up(plan.ops):
+            loopback_up = try_loopback_up()
 
     if os.read(fds["sync"], 1) != b"\x01":
         # The Runtime went away or aborted the start (a post_cgroup hook failed).
@@ -209,24 +211,22 @@ def _run(
     _exec(plan.argv, dict(plan.env))
 
 
-def _work_ahead(plan: InitPlan, sec: InitSecurity) -> tuple[kernelfs.Premounts | None, bool]:
-    """The kernel filesystems, detached (helper/kernelfs.py), and ``lo`` up if the
-    plan wants it; returns them as :func:`_run` takes them (None: mount in place;
-    whether ``lo`` is up).
+def premount_variant(sec: InitSecurity) -> bool | None:
+    """The kernel filesystems that may be made ahead for a container (detached,
+    helper/kernelfs.py): ``nodev`` for restricted devices, or not; None when its
+    init must mount them in place: with a user namespace (its /dev is another
+    variant, set up once the Runtime has written our id maps), or rootless."""
+    return None if sec.userns or sec.rootless else sec.nodev_rootfs
 
-    Not with a user namespace (its /dev is another variant, set up once the
-    Runtime has written our id maps), nor rootless.  Failing here fails nothing:
-    the init then mounts in place, and the plan's LoopbackUp tries again and
-    reports the failure as it would have."""
-    if sec.userns or sec.rootless:
-        return None, False
-    premounts = kernelfs.Premounts.make(nodev=sec.nodev_rootfs)
-    loopback_up = False
-    if ops.brings_loopback_up(plan.ops):
-        with contextlib.suppress(InitFailure):
-            bring_loopback_up()
-            loopback_up = True
-    return premounts, loopback_up
+
+def try_loopback_up() -> bool:
+    """Bring ``lo`` up ahead of the plan; whether it is.  A failure here fails
+    nothing: the plan's LoopbackUp tries again and reports it as it would have."""
+    try:
+        bring_loopback_up()
+    except InitFailure:
+        return False
+    return True
 
 
 def _step(action: Callable[[], object], what: str) -> None:

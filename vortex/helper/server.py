@@ -31,7 +31,7 @@ import sys
 
 from vortex import _linux as L
 from vortex.helper import kernelfs
-from vortex.helper.init import InitFailure, bring_loopback_up, prepare_process, run_init
+from vortex.helper.init import prepare_process, run_init, try_loopback_up
 from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
 from vortex.helper.prefault import WrittenPages, populate_until_readable
 
@@ -161,11 +161,7 @@ def _wait_as_spare(
         # The kernel's work for a network device going up (~0.3 ms on 2 cores), off
         # the start's path.  If it fails here, the init tries again at its plan's
         # LoopbackUp and reports the failure as a fresh init would.
-        loopback_up = False
-        if asked.loopback:
-            with contextlib.suppress(InitFailure):
-                bring_loopback_up()
-                loopback_up = True
+        loopback_up = asked.loopback and try_loopback_up()
         with socket.socket(fileno=fd) as spare:
             try:
                 received = _receive_within(spare, asked.ahead_after)
