@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VORTEX, run_vortex, vortex_cgroups, zombie_children
+from tests.conftest import VORTEX, container_cgroups, run_vortex, zombie_children
 from vortex import _linux
 
 
@@ -220,13 +220,13 @@ def test_cgroup_namespace_hides_the_host_hierarchy(rootfs: Path) -> None:
 def test_bad_input_one_line_error_distinct_status_nothing_left(
     rootfs: Path, args: list[str], status: int, message: bytes
 ) -> None:
-    before = vortex_cgroups()
+    before = container_cgroups()  # through a daemon (tests/test_daemon.py): not its spare's
     proc = run_vortex("run", *[a.format(rootfs=rootfs) for a in args])
     assert proc.returncode == status, proc.stderr
     assert message in proc.stderr
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vortex: "), lines
-    assert vortex_cgroups() == before
+    assert container_cgroups() == before
 
 
 def test_rootfs_that_is_a_file(tmp_path: Path) -> None:

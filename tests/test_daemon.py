@@ -24,10 +24,13 @@ import pytest
 from tests.conftest import (
     VORTEX,
     children_of,
+    container_cgroups,
     fork_helper_of,
     imported_modules,
     is_fresh_helper,
+    leak_check,
     run_vortex,
+    spare_cgroups,
     vortex_cgroups,
 )
 from tests.test_cli_run import (  # noqa: F401  (collected again, now through the daemon)
@@ -83,6 +86,7 @@ class Daemon:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     where = tmp_path_factory.mktemp("daemon")
     started = Daemon(where / "daemon.sock", where / "daemon.log")
+    cgroups_before = vortex_cgroups()
     started.start()
     saved = os.environ["VORTEX_DAEMON_SOCKET"]
     os.environ["VORTEX_DAEMON_SOCKET"] = str(started.socket_path)
@@ -92,6 +96,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         os.environ["VORTEX_DAEMON_SOCKET"] = saved
         assert started.stop() == 0, started.log_path.read_text()
         assert not started.socket_path.exists(), "the daemon left its socket behind"
+        # Its last spare's cgroup too is gone with it.
+        assert vortex_cgroups() == cgroups_before
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(daemon: Daemon) -> Iterator[None]:
+    """conftest's check, but for the cgroup of the daemon's waiting spare: a new one
+    after every run, cloned once that run's container exited (vortex/spare.py)."""
+    assert daemon.proc is not None
+    with leak_check(lambda: spare_cgroups(daemon.proc.pid), settle=5.0):  # type: ignore[union-attr]
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -204,7 +219,7 @@ def test_a_bad_spec_falls_back_for_the_in_process_message(daemon: Daemon, rootfs
 
 
 def test_client_killed_takes_its_container_along(daemon: Daemon, rootfs: Path) -> None:
-    before = vortex_cgroups()
+    before = container_cgroups()
     proc = subprocess.Popen(
         [*VORTEX, "run", str(rootfs), "/bin/sh", "-c", "echo ready; exec sleep 1000"],
         stdout=subprocess.PIPE,
@@ -216,7 +231,7 @@ def test_client_killed_takes_its_container_along(daemon: Daemon, rootfs: Path) -
     proc.wait()
     proc.stdout.close()
     deadline = time.monotonic() + 10
-    while vortex_cgroups() != before:
+    while container_cgroups() != before:
         assert time.monotonic() < deadline, "the container outlived its killed client"
         time.sleep(0.05)
 
@@ -228,7 +243,7 @@ def test_daemon_stopping_ends_its_clients_runs(
     own = Daemon(tmp_path / "own.sock", tmp_path / "own.log")
     own.start()
     env = dict(os.environ, VORTEX_DAEMON_SOCKET=str(own.socket_path))
-    before = vortex_cgroups()
+    before = container_cgroups()
     proc = subprocess.Popen(
         [*VORTEX, "run", str(rootfs), "/bin/sh", "-c", "echo ready; exec sleep 1000"],
         stdout=subprocess.PIPE,
@@ -245,7 +260,7 @@ def test_daemon_stopping_ends_its_clients_runs(
         proc.wait()
     assert proc.returncode == 125
     assert b"closed the connection before the container exited" in err
-    assert vortex_cgroups() == before
+    assert container_cgroups() == before
     assert not own.socket_path.exists()
 
 

@@ -19,15 +19,24 @@ import anyio
 import pytest
 
 import vortex
-from tests.conftest import children_of, reachable_copy, run_python
+from tests.conftest import (
+    child_processes,
+    children_of,
+    reachable_copy,
+    run_python,
+    vortex_cgroups,
+)
 from vortex import _linux as L
+from vortex.cgroups._common import read_procs
+from vortex.cgroups.v1 import V1Cgroup
 from vortex.container import Container
+from vortex.errors import CgroupError
 from vortex.hookspecs import hookimpl
 from vortex.ops import LoopbackUp, SetupOp
 from vortex.security.options import SecurityOptions
 from vortex.security.policy import SecurityPolicy
 from vortex.spare import SpareInit
-from vortex.spec import ContainerSpec, Stdio, User
+from vortex.spec import ContainerSpec, Resources, Stdio, User
 
 pytestmark = [
     pytest.mark.anyio,
@@ -82,11 +91,8 @@ async def test_the_next_container_takes_the_spare(rootfs: Path) -> None:
             await anyio.sleep(0.01)
         container = await rt.start(spec(rootfs, "/bin/sh", "-c", "echo $$"))
         assert container.pid == spare.pid
-        if rt.cgroups is not None and rt.cgroups.version == 2:
-            # Cloned into the cgroup it came with, which is now the container's.
-            assert container.id == spare.container_id and container.cgroup is spare.cgroup
-        else:
-            assert spare.container_id is None and spare.cgroup is None
+        # It came with its id and cgroup (it is in that cgroup), now the container's.
+        assert container.id == spare.container_id and container.cgroup is spare.cgroup
         result = await container.wait()
         assert (result.exit_code, result.stdout) == (0, b"1\n")  # PID 1 of its namespace
         # The helper cloned the next one meanwhile.
@@ -95,17 +101,90 @@ async def test_the_next_container_takes_the_spare(rootfs: Path) -> None:
     assert process(following.pid) is None  # ended and reaped with the Runtime
 
 
-@pytest.mark.cgroup2
-async def test_spare_on_cgroup_v2_is_in_its_own_cgroup(rootfs: Path) -> None:
+async def check_spare_in_its_own_cgroup(rootfs: Path) -> None:
+    """A waiting spare is in its cgroup (every hierarchy), with a state record; a
+    container that takes it keeps both, under its own name; they go with it."""
     async with vortex.Runtime() as rt:
         await rt.run(spec(rootfs, "/bin/true"))
         spare = await rt.spare()
         assert spare is not None and spare.container_id is not None
-        assert cgroup_v2_path(spare.pid).endswith(f"/{spare.container_id}")
+        assert spare.cgroup is not None and spare.cgroup.procs() == [spare.pid]
+        procs_files = spare.cgroup.procs_files()
+        assert spare.placed_in == frozenset(procs_files)
+        for procs_file in procs_files:
+            assert f"/{spare.container_id}/" in procs_file
+            assert read_procs(procs_file) == [spare.pid]
         assert (Path("/run/vortex/containers") / f"{spare.container_id}.json").exists()
         named = await rt.run(spec(rootfs, "/bin/true", name="named-after-spare"))
         assert named.container_id == spare.container_id and named.name == "named-after-spare"
     assert not (Path("/run/vortex/containers") / f"{spare.container_id}.json").exists()
+    assert not any(Path(procs_file).parent.exists() for procs_file in procs_files)
+
+
+async def test_a_spare_is_in_its_own_cgroup(rootfs: Path) -> None:
+    """On the v1 host the spare moves itself into each hierarchy before it waits."""
+    await check_spare_in_its_own_cgroup(rootfs)
+
+
+@pytest.mark.cgroup2
+async def test_spare_on_cgroup_v2_is_in_its_own_cgroup(rootfs: Path) -> None:
+    """On v2 it is cloned into its cgroup (CLONE_INTO_CGROUP)."""
+    await check_spare_in_its_own_cgroup(rootfs)
+    async with vortex.Runtime() as rt:
+        await rt.run(spec(rootfs, "/bin/true"))
+        spare = await rt.spare()
+        assert spare is not None
+        assert cgroup_v2_path(spare.pid).endswith(f"/{spare.container_id}")
+
+
+async def test_a_limit_on_a_v1_hierarchy_made_on_demand_moves_the_spare_into_it(
+    rootfs: Path,
+) -> None:
+    """A cpuset limit creates the container's cpuset cgroup only in vortex_prepare
+    (cgroup v1: after the spare moved itself in): the Runtime moves the init there
+    before it runs, so the command runs on the CPUs allowed."""
+    limits = Resources(memory=None, cpuset_cpus="0")
+    async with vortex.Runtime() as rt:
+        await rt.run(spec(rootfs, "/bin/true"))
+        spare = await rt.spare()
+        assert spare is not None
+        result = await rt.run(
+            spec(rootfs, "/bin/grep", "Cpus_allowed_list", "/proc/self/status", resources=limits)
+        )
+        assert result.container_id == spare.container_id
+        assert result.stdout.split() == [b"Cpus_allowed_list:", b"0"]
+
+
+async def test_a_spare_that_cannot_join_its_cgroup_leaves_nothing_behind(
+    rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cgroup v1: the spare reports why it could not move itself in (here the
+    kernel refuses a cpuset without CPUs) and exits; the clone raises CgroupError,
+    and neither the process, nor its cgroup, nor its state record is left."""
+    async with vortex.Runtime() as rt:
+        if rt.cgroups is None or rt.cgroups.version != 1:
+            pytest.skip("the spare moves itself into its cgroup only on cgroup v1")
+        create = rt.cgroups.create
+        made: list[V1Cgroup] = []
+
+        def create_unjoinable(name: str) -> V1Cgroup:
+            cgroup = create(name)
+            assert isinstance(cgroup, V1Cgroup)
+            made.append(cgroup)
+            cgroup.apply(Resources(memory=None, cpuset_cpus="0"))  # joins cpuset
+            cpuset = cgroup.path("cpuset")
+            assert cpuset is not None
+            Path(cpuset, "cpuset.cpus").write_text("\n")  # no CPUs: no task may join
+            return cgroup
+
+        monkeypatch.setattr(rt.cgroups, "create", create_unjoinable)
+        children = set(child_processes(os.getpid()))
+        with pytest.raises(CgroupError, match=r"cannot move the spare init into .*cpuset.*"):
+            await SpareInit.clone(rt._host, rt._helper)  # type: ignore[arg-type]
+        [cgroup] = made
+        assert set(child_processes(os.getpid())) == children  # reaped
+        assert not any(Path(f).parent.exists() for f in cgroup.procs_files())
+        assert not (Path("/run/vortex/containers") / f"{cgroup.name}.json").exists()
 
 
 async def test_after_an_idle_pause_the_next_spare_is_cloned_at_the_exit(rootfs: Path) -> None:
@@ -191,10 +270,7 @@ async def test_an_idle_spare_takes_its_inits_faults_ahead(rootfs: Path, learners
         wait_until_faulted(spare.pid, waiting + PREFAULT_MARGIN)
 
 
-@pytest.mark.cgroup2
-async def test_on_cgroup_v2_a_spare_prefaults_in_its_cgroup_at_no_extra_peak(
-    rootfs: Path,
-) -> None:
+async def check_prefault_at_no_extra_peak(rootfs: Path) -> None:
     """The spare is in its container's cgroup, so what it copies is charged there:
     the pages its init would copy anyway, so the container's memory peak stays
     about what it is without the copying."""
@@ -202,13 +278,26 @@ async def test_on_cgroup_v2_a_spare_prefaults_in_its_cgroup_at_no_extra_peak(
     for prefault in (False, True):
         async with vortex.Runtime(spare_prefault=prefault) as rt:
             spare = await _spare_after_an_idle_exit(rt, rootfs)
-            assert spare.in_cgroup
+            assert spare.cgroup is not None
+            assert spare.placed_in == frozenset(spare.cgroup.procs_files())
             faults.append(settled_faults(spare.pid))
             result = await rt.run(spec(rootfs, "/bin/true"))  # takes it
             assert result.exit_code == 0 and result.memory_peak is not None
             peaks.append(result.memory_peak)
     assert faults[1] >= faults[0] + PREFAULT_MARGIN, faults
     assert peaks[1] < peaks[0] + (1 << 20), peaks
+
+
+async def test_a_spare_prefaults_in_its_cgroup_at_no_extra_peak(rootfs: Path) -> None:
+    """On the v1 host: the spare moved itself into its cgroup before it copies."""
+    await check_prefault_at_no_extra_peak(rootfs)
+
+
+@pytest.mark.cgroup2
+async def test_on_cgroup_v2_a_spare_prefaults_in_its_cgroup_at_no_extra_peak(
+    rootfs: Path,
+) -> None:
+    await check_prefault_at_no_extra_peak(rootfs)
 
 
 async def test_a_spare_is_taken_while_it_copies(rootfs: Path) -> None:
@@ -372,14 +461,16 @@ async def main():
     async with vortex.Runtime() as rt:
         await rt.run(ContainerSpec(rootfs=sys.argv[1], command=["/bin/true"]))
         spare = await rt.spare()
-        print(spare.pid, flush=True)
+        print(spare.pid, spare.container_id, flush=True)
         await anyio.sleep(60)
 anyio.run(main)
 """
 
 
 def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
-    """SIGKILLed, the Runtime cannot end its spare: the parent-death signal does."""
+    """SIGKILLed, the Runtime cannot end its spare: the parent-death signal does.
+    What it left (a state record and a cgroup) the next Runtime sweeps, as for any
+    container of a Runtime that died."""
     proc = subprocess.Popen(
         [sys.executable, "-c", SPARE_THEN_HANG, str(rootfs)],
         stdout=subprocess.PIPE,
@@ -387,12 +478,13 @@ def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        spare_pid = int(proc.stdout.readline())
+        pid_field, spare_id = proc.stdout.readline().split()
+        spare_pid = int(pid_field)
         assert process(spare_pid) is not None
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while (state := process(spare_pid)) is not None and state[1] != "Z":
+        while (state := process(spare_pid)) is not None:
             assert time.monotonic() < deadline, f"the spare outlived its Runtime: {state}"
             time.sleep(0.01)
     finally:
@@ -401,8 +493,18 @@ def test_the_spare_dies_with_its_runtime(rootfs: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    # What it left on cgroup v2 (a state record and a cgroup) the next Runtime sweeps,
-    # as for any container of a Runtime that died: tests/test_runtime.py checks that.
+    record = Path("/run/vortex/containers") / f"{spare_id.decode()}.json"
+    assert record.exists()
+    left = {c for c in vortex_cgroups() if c.endswith("/" + spare_id.decode())}
+    assert left
+
+    async def open_a_runtime() -> None:
+        async with vortex.Runtime(spare_init=False):
+            pass
+
+    anyio.run(open_a_runtime)
+    assert not record.exists()
+    assert not any(os.path.exists(c) for c in left)
 
 
 # ------------------------------------------------------- what a spare does while it waits

@@ -40,7 +40,9 @@ class Launch:
         """The spare init this container took (vortex/spare.py), until :meth:`clone`."""
         self.pid = 0
         self.cloned_at = 0.0
-        self.cloned_into_cgroup = False
+        self.placed_in: frozenset[str] = frozenset()
+        """The ``cgroup.procs`` files of the cgroup directories the init is in already:
+        a spare's, or all of them when it was cloned into its cgroup (v2)."""
         self.error: str | None = None
         self._sync_w: int | None = None
         self._errors_r: int | None = None
@@ -105,7 +107,7 @@ class Launch:
             except OSError as exc:
                 log.emit("warning", "spare.lost", container_id=self.container.id, error=str(exc))
             else:
-                self.cloned_into_cgroup = spare.in_cgroup
+                self.placed_in = spare.placed_in
                 return spare.pid, pidfd
         await spare.discard()
         return None
@@ -116,7 +118,8 @@ class Launch:
         cgroup_fd = container.cgroup.clone_fd() if container.cgroup is not None else None
         if cgroup_fd is not None:
             self._child_ends.append(cgroup_fd)
-            self.cloned_into_cgroup = True
+            assert container.cgroup is not None
+            self.placed_in = frozenset(container.cgroup.procs_files())
         request = spawn_request(
             container,
             plan_ops,

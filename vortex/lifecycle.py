@@ -108,7 +108,8 @@ def new_container(host: Host, spec: ContainerSpec, spare: SpareInit | None = Non
     :func:`release` undoes it.
     """
     spec.validate()
-    # A spare without an id (cgroup v1) is a process only: the container gets its own.
+    # A spare without an id (no cgroups: rootless) is a process only: the container
+    # gets its own.
     taken = spare.container_id if spare is not None else None
     # What secrets.token_hex(16) returns, without importing hmac and hashlib
     # (~3-4 ms of a cold start) for it.

@@ -210,6 +210,11 @@ class Runtime:
             await self._spare_cloned.wait()
         return self._spare
 
+    def spare_coming(self) -> bool:
+        """Whether a spare init is waiting or being cloned: a start that takes it finds
+        its init in its cgroup, with no migration to wait for (cgroups/warmup.py)."""
+        return self._spare is not None or self._spare_cloned is not None
+
     # ------------------------------------------------------------------ public API
 
     async def run(self, spec: ContainerSpec) -> RunResult:
@@ -248,7 +253,7 @@ class Runtime:
         if spare is not None:
             self._spare = None
         next_spare_at_exit = spare is not None and self._next_spare_at_exit()
-        if container.cgroup is not None:
+        if container.cgroup is not None and spare is None:
             warmup.start()  # the attach below may wait for the kernel (cgroups/warmup.py)
         launch = Launch(container, self._helper, spare)
         self._containers[container.id] = container
@@ -267,9 +272,12 @@ class Runtime:
             if (watcher := _OomWatcher.start(self._task_group, container)) is not None:
                 self._oom_watchers[container.id] = watcher
             launch.start_output_tasks(self._task_group)
-            if container.cgroup is not None and not launch.cloned_into_cgroup:
-                warmup.stop()
-                container.cgroup.attach(launch.pid)
+            warmup.stop()
+            cgroup = container.cgroup
+            # A spare is in its cgroup already, but for a v1 hierarchy that a limit
+            # made it join (cpuset, blkio, hugetlb: vortex/spare.py).
+            if cgroup is not None and not launch.placed_in.issuperset(cgroup.procs_files()):
+                cgroup.attach(launch.pid, skip=launch.placed_in)
                 warmup.mark_migrated()
             await call_async(self.plugin_manager, "vortex_post_cgroup", container=container)
         except BaseException as exc:

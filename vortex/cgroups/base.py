@@ -8,7 +8,7 @@ once by :func:`vortex.cgroups.detect`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from vortex.records import field, record
 
@@ -98,8 +98,14 @@ class Cgroup(abc.ABC):
         """Write the limits; MissingControllerError names a missing controller."""
 
     @abc.abstractmethod
-    def attach(self, pid: int) -> None:
-        """Move ``pid`` into this cgroup (every hierarchy)."""
+    def attach(self, pid: int, *, skip: Collection[str] = ()) -> None:
+        """Move ``pid`` into this cgroup (every hierarchy), but for the directories
+        whose ``cgroup.procs`` is in ``skip`` (it is in those already)."""
+
+    @abc.abstractmethod
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` file of every directory a process of this cgroup is
+        in: one per v1 hierarchy in use, one on v2."""
 
     @abc.abstractmethod
     def clone_fd(self) -> int | None:

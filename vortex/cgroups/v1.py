@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from vortex.cgroups._common import (
     DEFAULT_PARENT,
@@ -215,10 +215,15 @@ class V1Cgroup(Cgroup):
             if has_memsw:
                 write_file(memsw_file, str(memsw), hint)
 
-    def attach(self, pid: int) -> None:
-        """Write ``pid`` to cgroup.procs in every hierarchy (the whole thread group moves)."""
-        for directory in self.paths:
-            attach_pid(os.path.join(directory, "cgroup.procs"), pid)
+    def attach(self, pid: int, *, skip: Collection[str] = ()) -> None:
+        """Write ``pid`` to cgroup.procs in every hierarchy but those in ``skip`` (the
+        whole thread group moves)."""
+        for procs_file in self.procs_files():
+            if procs_file not in skip:
+                attach_pid(procs_file, pid)
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(directory, "cgroup.procs") for directory in self.paths]
 
     def clone_fd(self) -> int | None:
         """None: CLONE_INTO_CGROUP only works with cgroup v2."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from vortex.cgroups._common import (
     DEFAULT_PARENT,
@@ -141,9 +141,14 @@ class V2Cgroup(Cgroup):
                 hint += "; check that the device exists"
             write_file(self._file(target[0]), target[1], hint)
 
-    def attach(self, pid: int) -> None:
+    def attach(self, pid: int, *, skip: Collection[str] = ()) -> None:
         """Write ``pid`` to cgroup.procs (prefer clone_fd() and CLONE_INTO_CGROUP)."""
-        attach_pid(self._file("cgroup.procs"), pid)
+        procs_file = self._file("cgroup.procs")
+        if procs_file not in skip:
+            attach_pid(procs_file, pid)
+
+    def procs_files(self) -> list[str]:
+        return [self._file("cgroup.procs")]
 
     def clone_fd(self) -> int:
         """An O_PATH fd of the directory for ``clone3(CLONE_INTO_CGROUP)``; the caller closes it."""

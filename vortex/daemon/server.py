@@ -61,8 +61,10 @@ class RunDaemon:
                     conn, _addr = self.listener.accept()
                 except (BlockingIOError, InterruptedError):
                     continue
-                # A start follows: have the v1 attach's wait pass meanwhile.
-                warmup.start()
+                # A start follows: have the v1 attach's wait pass meanwhile, unless
+                # it will take a spare, which is in its cgroup already.
+                if not self.runtime.spare_coming():
+                    warmup.start()
                 tg.start_soon(self._serve_client, conn)
 
     async def _serve_client(self, conn: socket.socket) -> None:

@@ -62,3 +62,11 @@ class SpareRequest:
     loopback: bool = False
     """Bring ``lo`` up while waiting: the container's plan will ask for it
     (``SpareInit.fits`` turns a spare away whose container's plan does not)."""
+    join: Sequence[str] = ()
+    """``cgroup.procs`` files (cgroup v1, which has no CLONE_INTO_CGROUP) the spare
+    moves itself into first; it then reports on its socket (:data:`PLACED`, or
+    why not) before it waits for its request."""
+
+
+PLACED = b"placed"
+"""What a spare sends once it has joined its cgroups (``SpareRequest.join``)."""

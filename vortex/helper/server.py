@@ -28,11 +28,12 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 
 from vortex import _linux as L
 from vortex.helper import kernelfs
 from vortex.helper.init import prepare_process, run_init, try_loopback_up
-from vortex.helper.plan import FD_ORDER, SpareRequest, SpawnRequest
+from vortex.helper.plan import FD_ORDER, PLACED, SpareRequest, SpawnRequest
 from vortex.helper.prefault import WrittenPages, populate_until_readable
 
 MAX_REQUEST = 4 << 20
@@ -158,11 +159,13 @@ def _wait_as_spare(
         prepare_process()
         L.set_process_name("vortex-spare")  # what ps shows while it waits
         premounts = None
-        # The kernel's work for a network device going up (~0.3 ms on 2 cores), off
-        # the start's path.  If it fails here, the init tries again at its plan's
-        # LoopbackUp and reports the failure as a fresh init would.
-        loopback_up = asked.loopback and try_loopback_up()
         with socket.socket(fileno=fd) as spare:
+            if asked.join and not _join_cgroups(spare, asked.join):
+                return
+            # The kernel's work for a network device going up (~0.3 ms on 2 cores), off
+            # the start's path.  If it fails here, the init tries again at its plan's
+            # LoopbackUp and reports the failure as a fresh init would.
+            loopback_up = asked.loopback and try_loopback_up()
             try:
                 received = _receive_within(spare, asked.ahead_after)
             except TimeoutError:  # no request yet: work ahead, then wait for it
@@ -187,6 +190,25 @@ def _wait_as_spare(
         status = 0
     finally:
         os._exit(status)
+
+
+def _join_cgroups(sock: socket.socket, procs_files: Sequence[str]) -> bool:
+    """Move this process into each v1 cgroup and tell the Runtime (PLACED, or the
+    error).  Done here, not by the Runtime: after a quiet moment a v1 migration
+    waits for an RCU grace period (cgroups/warmup.py), which then holds up this
+    process only, not the Runtime's event loop or the fork helper."""
+    for procs_file in procs_files:
+        try:
+            fd = os.open(procs_file, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")  # 0: the writing process
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            sock.send(f"cannot move the spare init into {procs_file}: {exc.strerror}".encode())
+            return False
+    sock.send(PLACED)
+    return True
 
 
 def _receive_within(
