@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import io
+import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -19,8 +22,8 @@ import anyio
 import pytest
 
 import vortex
+import vortex.runtime
 from tests.conftest import (
-    child_processes,
     children_of,
     reachable_copy,
     run_python,
@@ -30,8 +33,8 @@ from vortex import _linux as L
 from vortex.cgroups._common import read_procs
 from vortex.cgroups.v1 import V1Cgroup
 from vortex.container import Container
-from vortex.errors import CgroupError
 from vortex.hookspecs import hookimpl
+from vortex.log import configure_logging
 from vortex.ops import LoopbackUp, SetupOp
 from vortex.security.options import SecurityOptions
 from vortex.security.policy import SecurityPolicy
@@ -155,15 +158,31 @@ async def test_a_limit_on_a_v1_hierarchy_made_on_demand_moves_the_spare_into_it(
         assert result.stdout.split() == [b"Cpus_allowed_list:", b"0"]
 
 
-async def test_a_spare_that_cannot_join_its_cgroup_leaves_nothing_behind(
+async def test_a_spare_that_cannot_join_its_cgroup_is_released_at_its_start(
     rootfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """cgroup v1: the spare reports why it could not move itself in (here the
-    kernel refuses a cpuset without CPUs) and exits; the clone raises CgroupError,
-    and neither the process, nor its cgroup, nor its state record is left."""
+    """cgroup v1: a spare that could not move itself into its cgroup (here the
+    kernel refuses a cpuset without CPUs) reports why and exits.  The start that
+    would take it releases it (process, cgroup and state record), has its init
+    cloned fresh, and the Runtime clones no more spares: the next would fail alike."""
+    events = io.StringIO()
+    configure_logging("warning", "json", events)
+    try:
+        await check_unjoinable_spare_released(rootfs, monkeypatch)
+    finally:
+        configure_logging()
+    [warning] = [json.loads(line) for line in events.getvalue().splitlines()]
+    assert warning["event"] == "spare.disabled"
+    reason = r"cannot move the spare init into .*/cpuset/.*: No space left on device"
+    assert re.fullmatch(reason, warning["error"])
+
+
+async def check_unjoinable_spare_released(rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with vortex.Runtime() as rt:
         if rt.cgroups is None or rt.cgroups.version != 1:
             pytest.skip("the spare moves itself into its cgroup only on cgroup v1")
+        await rt.run(spec(rootfs, "/bin/true"))
+        assert await rt.spare() is not None
         create = rt.cgroups.create
         made: list[V1Cgroup] = []
 
@@ -177,14 +196,55 @@ async def test_a_spare_that_cannot_join_its_cgroup_leaves_nothing_behind(
             Path(cpuset, "cpuset.cpus").write_text("\n")  # no CPUs: no task may join
             return cgroup
 
-        monkeypatch.setattr(rt.cgroups, "create", create_unjoinable)
-        children = set(child_processes(os.getpid()))
-        with pytest.raises(CgroupError, match=r"cannot move the spare init into .*cpuset.*"):
-            await SpareInit.clone(rt._host, rt._helper)  # type: ignore[arg-type]
-        [cgroup] = made
-        assert set(child_processes(os.getpid())) == children  # reaped
-        assert not any(Path(f).parent.exists() for f in cgroup.procs_files())
-        assert not (Path("/run/vortex/containers") / f"{cgroup.name}.json").exists()
+        with monkeypatch.context() as patched:
+            patched.setattr(rt.cgroups, "create", create_unjoinable)
+            await rt.run(spec(rootfs, "/bin/true"))  # takes the spare; the next is unjoinable
+            unjoinable = await rt.spare()
+        assert unjoinable is not None and [c.name for c in made] == [unjoinable.container_id]
+        result = await rt.run(spec(rootfs, "/bin/true"))
+        assert result.exit_code == 0 and result.container_id != unjoinable.container_id
+        assert process(unjoinable.pid) is None  # reaped
+        assert not any(Path(f).parent.exists() for f in made[0].procs_files())
+        assert not (Path("/run/vortex/containers") / f"{made[0].name}.json").exists()
+        assert await rt.spare() is None and rt.spares == []
+
+
+async def test_concurrent_starts_keep_more_spares_until_the_burst_is_over(
+    rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starts that find no spare while another container runs, twice within
+    SPARES_IDLE seconds (concurrent starts outran the one spare), make the Runtime
+    keep one more, up to the number of cores (at most MAX_SPARES).  Once no
+    container has started for SPARES_IDLE seconds, it keeps one again, the
+    oldest: the others are released."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: one spare at most")
+    monkeypatch.setattr(vortex.runtime, "SPARES_IDLE", 0.5)
+    async with vortex.Runtime() as rt:
+        await rt.run(spec(rootfs, "/bin/true"))
+        assert await rt.spare() is not None and len(rt.spares) == 1
+        for _ in range(3):  # two at once: the second finds the spare taken
+            async with anyio.create_task_group() as tg:
+                for _ in range(2):
+                    tg.start_soon(rt.run, spec(rootfs, "/bin/true"))
+        deadline = time.monotonic() + 10
+        while len(rt.spares) < 2:
+            assert time.monotonic() < deadline, rt.spares
+            await anyio.sleep(0.01)
+        grown = rt.spares
+        while len(rt.spares) > 1:  # SPARES_IDLE later
+            assert time.monotonic() < deadline, rt.spares
+            await anyio.sleep(0.01)
+        assert rt.spares == grown[:1]
+        for released in grown[1:]:
+            assert released.cgroup is not None
+            cgroup_dirs = [Path(f).parent for f in released.cgroup.procs_files()]
+            # Being released: the process ends, then its cgroup goes.
+            while process(released.pid) is not None or any(d.exists() for d in cgroup_dirs):
+                assert time.monotonic() < deadline, process(released.pid)
+                await anyio.sleep(0.01)
+        assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0  # takes the kept one
+        assert await rt.spare() is not None and len(rt.spares) == 1
 
 
 async def test_after_an_idle_pause_the_next_spare_is_cloned_at_the_exit(rootfs: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,21 @@ def _fds(pid: int) -> list[str]:
         except OSError:
             continue
     return sorted(kinds)
+
+
+def _settled_fds(pid: int, expected: list[str] | None = None) -> list[str]:
+    """:func:`_fds` once it holds still (or equals ``expected``): right after a stop
+    the spare init taken by the last start may still be on its way (the helper's
+    socket pair open, its pidfd not yet received)."""
+    deadline = time.monotonic() + 10
+    last = _fds(pid)
+    while time.monotonic() < deadline and last != expected:
+        time.sleep(0.1)
+        now = _fds(pid)
+        if now == last and expected is None:
+            break
+        last = now
+    return last
 
 
 def _spare_ids(children: dict[int, tuple[str, str]]) -> set[str]:
@@ -74,11 +90,11 @@ backoff = { initial = 0, max = 0 }
         sup.wait_until(lambda c: c["churn"]["restarts"] >= 20)
         assert is_fresh_helper(fork_helper_of(pid))
         assert sup.cli("stop", "churn").returncode == 0
-        fds_before, rss_before = _fds(pid), _rss_kib(pid)
+        fds_before, rss_before = _settled_fds(pid), _rss_kib(pid)
         assert sup.cli("start", "churn").returncode == 0
         sup.wait_until(lambda c: c["churn"]["restarts"] >= 1020, timeout=40)
         assert sup.cli("stop", "churn").returncode == 0
-        assert _fds(pid) == fds_before  # no pidfd, pipe or socket left open
+        assert _settled_fds(pid, fds_before) == fds_before  # no pidfd, pipe or socket left
         assert _rss_kib(pid) < rss_before + 8 * 1024
         children = child_processes(pid)
         assert all(state != "Z" for _name, state in children.values())  # every init reaped
