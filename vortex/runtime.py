@@ -35,7 +35,7 @@ import pluggy
 from vortex import cgroups, log
 from vortex.cgroups import warmup
 from vortex.container import Container
-from vortex.errors import CgroupError, VortexError
+from vortex.errors import VortexError
 from vortex.helper.client import ForkHelper, can_renew
 from vortex.launch import Launch
 from vortex.lifecycle import (
@@ -274,15 +274,10 @@ class Runtime:
             self._outrun()
         if fits_a_spare and not self._spares and self._spare_cloned is not None:
             await self._spare_cloned.wait()  # on its way: sooner than a clone of our own
-        spare = self._spares.pop(0) if fits_a_spare and self._spares else None
-        if spare is not None and not await self._placed(spare):
-            spare = None
-        try:
-            container = new_container(self._host, spec, spare)
-        except BaseException:
-            if spare is not None:
-                self._spares.insert(0, spare)  # untouched: the next start's
-            raise
+        spare = self._spares[0] if fits_a_spare and self._spares else None
+        container = new_container(self._host, spec, spare)
+        if spare is not None:
+            self._spares.pop(0)
         next_spare_at_exit = spare is not None and self._next_spare_at_exit()
         if container.cgroup is not None and spare is None:
             warmup.start()  # the attach below may wait for the kernel (cgroups/warmup.py)
@@ -454,20 +449,6 @@ class Runtime:
             return
         self._spares.append(spare)
         self._clone_spare_soon()  # one more, if concurrent starts want it
-
-    async def _placed(self, spare: SpareInit) -> bool:
-        """Whether ``spare`` is in its cgroup; if it could not join it (cgroup v1), it
-        is released, and no more spares are cloned: the next would fail alike."""
-        try:
-            await spare.placed()
-        except CgroupError as exc:
-            self._spare_wanted = False
-            log.emit("warning", "spare.disabled", error=str(exc))
-            assert self._host is not None
-            with anyio.CancelScope(shield=True):
-                await spare.release(self._host)
-            return False
-        return True
 
     async def _abort(self, container: Container, launch: Launch, exc: BaseException) -> None:
         """A start failed: make sure the init is gone, then clean up like an exit."""

@@ -23,10 +23,10 @@ The spare comes with what a container gets before its clone: an id, a state
 record and a cgroup, and it is in that cgroup before anyone asks for it.  On
 cgroup v2 it is cloned into it (CLONE_INTO_CGROUP, as every v2 init).  On v1,
 which has no such clone, the spare moves itself in before it waits, and
-reports that on its socket (read when a container takes it: :meth:`placed`).
-That migration may wait for the kernel's cgroup lock (cgroups/warmup.py);
-this way the wait holds up only the spare, and never a start that finds it
-ready, nor the next clone (measured on the v1 host, back to back:
+reports that on its socket, which :meth:`clone` awaits: that migration may
+wait for the kernel's cgroup lock (cgroups/warmup.py), and this way the wait
+holds up only the spare, and never a start that finds it ready (measured on
+the v1 host, back to back:
 ~0.4 ms less per start, 156 → 167 containers/s; after 100 ms pauses 1.0 ms
 less).  The container that takes it gets that id and cgroup.  So a
 Runtime's idle spare shows as one cgroup holding one ``vortex-spare``
@@ -89,7 +89,6 @@ class SpareInit:
         requests: socket.socket,
         *,
         placed_in: Collection[str] = (),
-        report_due: bool = False,
         loopback: bool = False,
     ) -> None:
         self.container_id = container_id
@@ -105,8 +104,6 @@ class SpareInit:
         self.clone_flags = NAMESPACE_FLAGS
         self.loopback = loopback
         """Asked to bring ``lo`` up while it waits: only a plan with LoopbackUp fits."""
-        self._report_due = report_due
-        """Its report that it joined its cgroups (v1) is still to be read (:meth:`placed`)."""
 
     @classmethod
     async def clone(
@@ -119,8 +116,8 @@ class SpareInit:
         ahead_after: float = 0.0,
     ) -> SpareInit:
         """First record an id and create its cgroup, then have the helper clone a
-        spare into that cgroup (on v1 the spare moves itself in, see :meth:`placed`).
-        On failure nothing is left behind.
+        spare into that cgroup (on v1 the spare moves itself in, and this waits for
+        its report).  On failure nothing is left behind.
         Once it has waited ``ahead_after`` seconds without its request it creates
         its container's kernel filesystems (helper/kernelfs.py) and, with
         ``prefault``, copies the pages its init will write (helper/prefault.py);
@@ -133,6 +130,7 @@ class SpareInit:
             host.state.record(container_id, container_id[:12], container_id, parent)
         cgroup = None
         ours = None
+        spare = None
         try:
             if host.cgroups is not None and container_id is not None:
                 cgroup = host.cgroups.create(container_id)
@@ -157,7 +155,16 @@ class SpareInit:
                 theirs.close()
                 if cgroup_fd is not None:
                     os.close(cgroup_fd)
+            placed_in = cgroup.procs_files() if cgroup is not None else []
+            spare = cls(
+                container_id, cgroup, pid, pidfd, ours, placed_in=placed_in, loopback=loopback
+            )
+            if join:
+                await spare._await_placed()
         except BaseException:
+            with anyio.CancelScope(shield=True):
+                if spare is not None:
+                    await spare.discard()
             if ours is not None:
                 ours.close()
             if cgroup is not None:
@@ -166,30 +173,13 @@ class SpareInit:
             if container_id is not None:
                 host.state.forget(container_id)
             raise
-        placed_in = cgroup.procs_files() if cgroup is not None else []
-        return cls(
-            container_id,
-            cgroup,
-            pid,
-            pidfd,
-            ours,
-            placed_in=placed_in,
-            report_due=bool(join),
-            loopback=loopback,
-        )
+        return spare
 
-    async def placed(self) -> None:
-        """Return once the spare is in its cgroup.  On v1 that is the spare's report
-        (usually there long before a container takes it, so this does not wait):
-        CgroupError with its reason when it could not join (it then exits)."""
-        if not self._report_due:
-            return
-        try:
-            report = self._requests.recv(512, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            await anyio.wait_readable(self._requests)
-            report = self._requests.recv(512)
-        self._report_due = False
+    async def _await_placed(self) -> None:
+        """Wait for the spare's report that it joined its cgroups (v1): CgroupError
+        with its reason when it could not (it then exits)."""
+        await anyio.wait_readable(self._requests)
+        report = self._requests.recv(512)
         if report != PLACED:
             raise CgroupError(report.decode(errors="replace") or "the spare init exited")
 
