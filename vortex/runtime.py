@@ -69,7 +69,7 @@ back, it most likely lives on.  One that starts fewer never pays."""
 
 MAX_SPARES = 4
 """At most this many spare inits wait at once (fewer on fewer cores): a Runtime keeps
-one, and one more each time concurrent starts outran them (see ``Runtime.create``)."""
+one, and one more whenever concurrent starts outran them (``Runtime._outrun``)."""
 
 SPARES_IDLE = 2.0
 """Seconds without a start after which a Runtime that grew more spares goes back to
