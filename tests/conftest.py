@@ -245,16 +245,24 @@ def container_cgroups(settle: float = 5.0) -> set[str]:
     deadline = time.monotonic() + settle
     while True:
         found = vortex_cgroups() - spare_cgroups()
-        if time.monotonic() > deadline or not any(_holds_nothing(c) for c in found):
+        # Empty, or with a spare that moved in after spare_cgroups() looked.
+        settling = [c for c in found if _processes_in(c) in ([], ["vortex-spare"])]
+        if time.monotonic() > deadline or not settling:
             return found
         time.sleep(0.02)
 
 
-def _holds_nothing(cgroup: str) -> bool:
+def _processes_in(cgroup: str) -> list[str] | None:
+    """The names of the processes in ``cgroup``; None once it is gone."""
     try:
-        return not Path(cgroup, "cgroup.procs").read_text().strip()
+        pids = Path(cgroup, "cgroup.procs").read_text().split()
     except OSError:
-        return False  # removed meanwhile
+        return None
+    names = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+    return names
 
 
 @contextlib.contextmanager

@@ -205,45 +205,7 @@ async def check_unjoinable_spare_released(rootfs: Path, monkeypatch: pytest.Monk
         assert not any(Path(f).parent.exists() for f in unjoinable.procs_files())
         assert not (Path("/run/vortex/containers") / f"{unjoinable.name}.json").exists()
         assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0
-        assert await rt.spare() is None and rt.spares == []
-
-
-async def test_concurrent_starts_keep_more_spares_until_the_burst_is_over(
-    rootfs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Starts that find no spare while another container runs, twice within
-    SPARES_IDLE seconds (concurrent starts outran the one spare), make the Runtime
-    keep one more, up to the number of cores (at most MAX_SPARES).  Once no
-    container has started for SPARES_IDLE seconds, it keeps one again, the
-    oldest: the others are released."""
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("one core: one spare at most")
-    monkeypatch.setattr(vortex.runtime, "SPARES_IDLE", 0.5)
-    async with vortex.Runtime() as rt:
-        await rt.run(spec(rootfs, "/bin/true"))
-        assert await rt.spare() is not None and len(rt.spares) == 1
-        for _ in range(3):  # two at once: the second finds the spare taken
-            async with anyio.create_task_group() as tg:
-                for _ in range(2):
-                    tg.start_soon(rt.run, spec(rootfs, "/bin/true"))
-        deadline = time.monotonic() + 10
-        while len(rt.spares) < 2:
-            assert time.monotonic() < deadline, rt.spares
-            await anyio.sleep(0.01)
-        grown = rt.spares
-        while len(rt.spares) > 1:  # SPARES_IDLE later
-            assert time.monotonic() < deadline, rt.spares
-            await anyio.sleep(0.01)
-        assert rt.spares == grown[:1]
-        for released in grown[1:]:
-            assert released.cgroup is not None
-            cgroup_dirs = [Path(f).parent for f in released.cgroup.procs_files()]
-            # Being released: the process ends, then its cgroup goes.
-            while process(released.pid) is not None or any(d.exists() for d in cgroup_dirs):
-                assert time.monotonic() < deadline, process(released.pid)
-                await anyio.sleep(0.01)
-        assert (await rt.run(spec(rootfs, "/bin/true"))).exit_code == 0  # takes the kept one
-        assert await rt.spare() is not None and len(rt.spares) == 1
+        assert await rt.spare() is None
 
 
 async def test_after_an_idle_pause_the_next_spare_is_cloned_at_the_exit(rootfs: Path) -> None:

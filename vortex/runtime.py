@@ -67,14 +67,6 @@ by the time a Runtime has started as many containers as it takes to earn that
 back, it most likely lives on.  One that starts fewer never pays."""
 
 
-MAX_SPARES = 4
-"""At most this many spare inits wait at once (fewer on fewer cores): a Runtime keeps
-one, and one more whenever concurrent starts outran them (``Runtime._outrun``)."""
-
-SPARES_IDLE = 2.0
-"""Seconds without a start after which a Runtime that grew more spares goes back to
-one (its others are released): a burst of starts is over."""
-
 SPARE_AHEAD_AFTER = 0.05
 """Seconds a spare cloned beside a running container waits for its request before it
 works ahead (vortex/spare.py): far longer than a start (~6 ms back to back), so
@@ -140,21 +132,12 @@ class Runtime:
         self.plugin_manager: pluggy.PluginManager | None = None
         self.cgroups: cgroups.CgroupBackend | None = None
         self._host: Host | None = None
-        self._spares: list[SpareInit] = []
-        """Spare inits waiting for the next containers, oldest first."""
-        self._spares_wanted = 1
-        self._max_spares = max(1, min(MAX_SPARES, os.cpu_count() or 1))
-        self._last_start = 0.0
-        self._outrun_at = -SPARES_IDLE
-        """When a start last found no spare while another container ran."""
-        self._trimming: anyio.CancelScope | None = None
-        """Cancels the wait for the end of a burst of starts (``_trim_spares``)."""
+        self._spare: SpareInit | None = None
         self._spare_wanted = spare_init
         self._spare_prefault = spare_prefault
         self._fresh_helper = fresh_helper
         self._spare_cloned: anyio.Event | None = None
-        """Set when the spare being cloned is ready (or failed); None when none is.  The
-        helper clones one at a time."""
+        """Set when the spare being cloned is ready (or failed); None when none is."""
         self._spare_clone_seconds = 0.0
         """How long the last spare took to clone (see _next_spare_at_exit)."""
         self._idle_since = time.monotonic()
@@ -197,8 +180,6 @@ class Runtime:
         self._closing = True
         if self._renewal is not None:
             self._renewal.cancel()  # its new helper would only be closed again
-        if self._trimming is not None:
-            self._trimming.cancel()
         # Containers do not outlive their Runtime.
         for container in list(self._containers.values()):
             container.kill_all()
@@ -209,10 +190,11 @@ class Runtime:
             await self._task_group.__aexit__(None, None, None)
         finally:
             try:
-                assert self._host is not None
-                while self._spares:
+                if self._spare is not None:
+                    spare, self._spare = self._spare, None
+                    assert self._host is not None
                     with anyio.CancelScope(shield=True):
-                        await self._spares.pop().release(self._host)
+                        await spare.release(self._host)
             finally:
                 self._helper.close()
 
@@ -226,17 +208,12 @@ class Runtime:
         one being cloned (if any) is ready; None when there is none."""
         if self._spare_cloned is not None:
             await self._spare_cloned.wait()
-        return self._spares[0] if self._spares else None
-
-    @property
-    def spares(self) -> list[SpareInit]:
-        """The spare inits waiting now, the next container's first."""
-        return list(self._spares)
+        return self._spare
 
     def spare_coming(self) -> bool:
         """Whether a spare init is waiting or being cloned: a start that takes it finds
         its init in its cgroup, with no migration to wait for (cgroups/warmup.py)."""
-        return bool(self._spares) or self._spare_cloned is not None
+        return self._spare is not None or self._spare_cloned is not None
 
     # ------------------------------------------------------------------ public API
 
@@ -269,15 +246,12 @@ class Runtime:
         assert self._helper is not None and self._task_group is not None
         assert self._host is not None and self.plugin_manager is not None
         fits_a_spare = may_take(spec)
-        self._last_start = time.monotonic()
-        if fits_a_spare and not self._spares and self._containers:
-            self._outrun()
-        if fits_a_spare and not self._spares and self._spare_cloned is not None:
+        if self._spare_cloned is not None and fits_a_spare:
             await self._spare_cloned.wait()  # on its way: sooner than a clone of our own
-        spare = self._spares[0] if fits_a_spare and self._spares else None
+        spare = self._spare if fits_a_spare else None
         container = new_container(self._host, spec, spare)
         if spare is not None:
-            self._spares.pop(0)
+            self._spare = None
         next_spare_at_exit = spare is not None and self._next_spare_at_exit()
         if container.cgroup is not None and spare is None:
             warmup.start()  # the attach below may wait for the kernel (cgroups/warmup.py)
@@ -373,43 +347,10 @@ class Runtime:
                 log.emit("debug", "helper.renewed", forked=forked, fresh=self._helper.pid)
         self._renewal = None
 
-    def _outrun(self) -> None:
-        """A start found no spare while another container ran.  The second time within
-        SPARES_IDLE seconds (concurrent starts, not one that overlapped another by
-        chance), keep one more spare, until no container has started for SPARES_IDLE.
-
-        Measured on 2 cores, at concurrency 2 with one spare, 4 starts in 5 found
-        none ready and waited ~1.6 ms for the one being cloned."""
-        previous, self._outrun_at = self._outrun_at, self._last_start
-        if self._last_start - previous >= SPARES_IDLE or not self._spare_wanted:
-            return
-        if self._spares_wanted >= self._max_spares:
-            return
-        self._spares_wanted += 1
-        if self._trimming is None and self._task_group is not None:
-            self._trimming = anyio.CancelScope()
-            self._task_group.start_soon(self._trim_spares, self._trimming)
-
-    async def _trim_spares(self, scope: anyio.CancelScope) -> None:
-        """Once no container has started for SPARES_IDLE seconds, keep one spare again."""
-        with scope:
-            # Polled, not an event: starts come often, and each would have to set it.
-            while True:
-                left = self._last_start + SPARES_IDLE - time.monotonic()
-                if left <= 0:
-                    break
-                await anyio.sleep(left)
-            self._spares_wanted = 1
-            assert self._host is not None
-            while len(self._spares) > 1:
-                with anyio.CancelScope(shield=True):
-                    await self._spares.pop().release(self._host)
-        self._trimming = None
-
     def _clone_spare_soon(self) -> None:
-        """Start cloning the next spare init unless enough wait (or one is on the way)."""
-        room = len(self._spares) < self._spares_wanted and self._spare_cloned is None
-        if room and self._spare_wanted and not self._closing and self._task_group is not None:
+        """Start cloning the next spare init unless there is one (or one on the way)."""
+        none_yet = self._spare is None and self._spare_cloned is None and not self._closing
+        if self._spare_wanted and none_yet and self._task_group is not None:
             self._spare_cloned = anyio.Event()
             # A spare cloned while a container runs works ahead (premount, prefault)
             # only if its request has not come after a while: at once, it would
@@ -447,8 +388,7 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 await spare.release(self._host)
             return
-        self._spares.append(spare)
-        self._clone_spare_soon()  # one more, if concurrent starts want it
+        self._spare = spare
 
     async def _abort(self, container: Container, launch: Launch, exc: BaseException) -> None:
         """A start failed: make sure the init is gone, then clean up like an exit."""

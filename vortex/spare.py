@@ -15,9 +15,6 @@ It also brings ``lo`` up when the last container's plan did (the net plugin's
 does): a container whose plan differs is cloned fresh (``SpareInit.fits``).
 The helper clones the next spare while that container runs, or once it exited
 when the start found the Runtime idle (``Runtime._next_spare_at_exit``).
-Concurrent starts that find no spare left make the Runtime keep more, one
-more each time, up to one per core (at most ``MAX_SPARES``), until no
-container has started for ``SPARES_IDLE`` seconds (``Runtime.spares``).
 
 The spare comes with what a container gets before its clone: an id, a state
 record and a cgroup, and it is in that cgroup before anyone asks for it.  On
@@ -37,8 +34,7 @@ is still ``None`` there).  A v1 limit that needs an on-demand hierarchy
 Runtime moves the init into it after ``vortex_prepare``.
 
 The cost: one waiting process (a copy-on-write fork of the helper) and its
-namespaces per Runtime (more during bursts of concurrent starts), and one
-clone thrown away when the Runtime closes.
+namespaces per Runtime, and one clone thrown away when the Runtime closes.
 ``Runtime(spare_init=False)`` turns it off.  With the kernel filesystems it
 also takes ahead the copy-on-write faults its init will take
 (vortex/helper/prefault.py; ``Runtime(spare_prefault=False)`` turns that off).
