@@ -135,8 +135,9 @@ class SpareInit:
             )
             cgroup_fd = cgroup.clone_fd() if cgroup is not None else None
             fds = [theirs.fileno()] + ([cgroup_fd] if cgroup_fd is not None else [])
+            placed_in = cgroup.procs_files() if cgroup is not None else []
             # Without CLONE_INTO_CGROUP (v1) the spare moves itself in.
-            join = cgroup.procs_files() if cgroup is not None and cgroup_fd is None else []
+            join = placed_in if cgroup_fd is None else []
             try:
                 request = SpareRequest(
                     NAMESPACE_FLAGS,
@@ -151,7 +152,6 @@ class SpareInit:
                 theirs.close()
                 if cgroup_fd is not None:
                     os.close(cgroup_fd)
-            placed_in = cgroup.procs_files() if cgroup is not None else []
             spare = cls(
                 container_id, cgroup, pid, pidfd, ours, placed_in=placed_in, loopback=loopback
             )
