@@ -273,10 +273,11 @@ class Runtime:
                 self._oom_watchers[container.id] = watcher
             launch.start_output_tasks(self._task_group)
             warmup.stop()
+            cgroup = container.cgroup
             # A spare is in its cgroup already, but for a v1 hierarchy that a limit
             # made it join (cpuset, blkio, hugetlb: vortex/spare.py).
-            cgroup = container.cgroup
-            if cgroup is not None and cgroup.attach(launch.pid, skip=launch.placed_in):
+            if cgroup is not None and not launch.placed_in.issuperset(cgroup.procs_files()):
+                cgroup.attach(launch.pid, skip=launch.placed_in)
                 warmup.mark_migrated()
             await call_async(self.plugin_manager, "vortex_post_cgroup", container=container)
         except BaseException as exc:

@@ -98,10 +98,9 @@ class Cgroup(abc.ABC):
         """Write the limits; MissingControllerError names a missing controller."""
 
     @abc.abstractmethod
-    def attach(self, pid: int, *, skip: Collection[str] = ()) -> bool:
+    def attach(self, pid: int, *, skip: Collection[str] = ()) -> None:
         """Move ``pid`` into this cgroup (every hierarchy), but for the directories
-        whose ``cgroup.procs`` is in ``skip`` (it is in those already); whether it
-        moved it anywhere."""
+        whose ``cgroup.procs`` is in ``skip`` (it is in those already)."""
 
     @abc.abstractmethod
     def procs_files(self) -> list[str]:

@@ -215,15 +215,12 @@ class V1Cgroup(Cgroup):
             if has_memsw:
                 write_file(memsw_file, str(memsw), hint)
 
-    def attach(self, pid: int, *, skip: Collection[str] = ()) -> bool:
+    def attach(self, pid: int, *, skip: Collection[str] = ()) -> None:
         """Write ``pid`` to cgroup.procs in every hierarchy but those in ``skip`` (the
-        whole thread group moves); whether it wrote any."""
-        moved = False
+        whole thread group moves)."""
         for procs_file in self.procs_files():
             if procs_file not in skip:
                 attach_pid(procs_file, pid)
-                moved = True
-        return moved
 
     def procs_files(self) -> list[str]:
         return [os.path.join(directory, "cgroup.procs") for directory in self.paths]

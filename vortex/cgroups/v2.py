@@ -141,14 +141,11 @@ class V2Cgroup(Cgroup):
                 hint += "; check that the device exists"
             write_file(self._file(target[0]), target[1], hint)
 
-    def attach(self, pid: int, *, skip: Collection[str] = ()) -> bool:
-        """Write ``pid`` to cgroup.procs (prefer clone_fd() and CLONE_INTO_CGROUP),
-        unless it is in ``skip``; whether it did."""
+    def attach(self, pid: int, *, skip: Collection[str] = ()) -> None:
+        """Write ``pid`` to cgroup.procs (prefer clone_fd() and CLONE_INTO_CGROUP)."""
         procs_file = self._file("cgroup.procs")
-        if procs_file in skip:
-            return False
-        attach_pid(procs_file, pid)
-        return True
+        if procs_file not in skip:
+            attach_pid(procs_file, pid)
 
     def procs_files(self) -> list[str]:
         return [self._file("cgroup.procs")]
